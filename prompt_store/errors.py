@@ -1,0 +1,33 @@
+"""Every way a prompt file or a registry operation can fail; the HTTP layer maps these to status codes."""
+
+
+class PromptStoreError(Exception):
+    """Base class; the message names the problem in words a user can act on."""
+
+
+class InvalidPromptError(PromptStoreError):
+    """The uploaded files are malformed, unsupported or do not fit the served model (HTTP 400/422)."""
+
+
+class PromptTooLargeError(InvalidPromptError):
+    """A file or num_virtual_tokens exceeds a configured limit (HTTP 413)."""
+
+
+class UnknownTaskError(PromptStoreError):
+    """No such task, or no such version of it (HTTP 404)."""
+
+
+class InvalidTaskNameError(PromptStoreError):
+    """The task name breaks the naming rule or takes the base model's id (HTTP 400/422)."""
+
+
+class RegistryFullError(PromptStoreError):
+    """Every device slot is pinned by running requests; retry later (HTTP 429/503)."""
+
+
+class InvalidSubtaskError(InvalidPromptError):
+    """A request names a multitask sub-task the task version does not have (HTTP 400/422)."""
+
+
+class StorageError(PromptStoreError):
+    """The store on disk could not be written, or holds files that no longer read back (HTTP 500/507)."""

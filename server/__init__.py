@@ -1,0 +1,1 @@
+"""promptswap server: configuration, model loading, the engine and the HTTP front end."""

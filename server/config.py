@@ -1,0 +1,169 @@
+"""The one configuration object, built from CLI flags and PROMPTSWAP_* environment variables here and nowhere else."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What the engine needs; sizes are fixed at start-up (the KV pool and prompt table are allocated once)."""
+
+    block_size: int = 16  # tokens per KV cache block
+    num_kv_blocks: int = 2048  # KV pool size, shared by requests and the registry's prefix blocks
+    max_num_seqs: int = 128  # sequences running at once
+    max_num_batched_tokens: int = 1024  # token budget of one step (prefill chunks + decodes)
+    max_model_len: int = 4096  # prompt + virtual tokens + generated, per sequence
+    prompt_table_rows: int = 8192  # device rows for embedding-kind soft prompts
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    dtype: str = "auto"  # "auto" (float32 on CPU, bfloat16 on CUDA) | "float32" | "bfloat16" | "float16"
+    use_reference_kernels: bool = False  # force the torch reference path even on CUDA
+
+    def __post_init__(self) -> None:
+        _require(self.block_size > 0 and self.block_size & (self.block_size - 1) == 0, "block_size must be a power of 2")
+        _require(self.num_kv_blocks > 0, "num_kv_blocks must be positive")
+        _require(self.max_num_seqs > 0, "max_num_seqs must be positive")
+        _require(self.max_num_batched_tokens > 0, "max_num_batched_tokens must be positive")
+        _require(self.max_model_len > 0, "max_model_len must be positive")
+        _require(self.prompt_table_rows > 0, "prompt_table_rows must be positive")
+        _require(self.dtype in ("auto", "float32", "bfloat16", "float16"), f"unknown dtype {self.dtype!r}")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Limits and placement of the prompt store."""
+
+    directory: Path = Path("./prompt-store")
+    max_virtual_tokens: int = 512  # largest num_virtual_tokens an upload may declare
+    max_file_bytes: int = 256 * 1024 * 1024  # largest adapter_model.safetensors accepted
+    max_config_bytes: int = 64 * 1024  # largest adapter_config.json accepted
+    versions_kept: int = 3  # old versions kept per task besides the active one
+    host_cache_tasks: int = 1024  # task versions whose tensors stay in host memory
+
+    def __post_init__(self) -> None:
+        _require(self.max_virtual_tokens > 0, "max_virtual_tokens must be positive")
+        _require(self.max_file_bytes > 0 and self.max_config_bytes > 0, "file limits must be positive")
+        _require(self.versions_kept >= 0, "versions_kept must be >= 0")
+        _require(self.host_cache_tasks > 0, "host_cache_tasks must be positive")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model: str = DEFAULT_MODEL  # local model folder, .gguf file, or the embedded default's name
+    model_id: str | None = None  # id users name the base model by; derived from `model` when None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    admin_token: str | None = None  # None disables the admin API (403)
+    cache_dir: Path = Path.home() / ".cache" / "promptswap"  # converted default model lives here
+    max_waiting: int = 256  # waiting requests before 429
+    request_timeout_s: float = 600.0  # a request still running after this is aborted
+    drain_timeout_s: float = 30.0  # SIGTERM: how long requests in flight may finish
+    max_body_bytes: int = 300 * 1024 * 1024  # HTTP bodies above this get 413
+    max_new_tokens_limit: int = 4096  # the largest max_new_tokens a request may ask for
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+
+    def __post_init__(self) -> None:
+        _require(0 < self.port < 65536, "port must be in 1..65535")
+        _require(self.max_waiting > 0, "max_waiting must be positive")
+        _require(self.request_timeout_s > 0 and self.drain_timeout_s >= 0, "timeouts must be positive")
+        _require(self.admin_token is None or len(self.admin_token) >= 8, "admin token must have at least 8 characters")
+
+    @property
+    def base_model_id(self) -> str:
+        if self.model_id:
+            return self.model_id
+        if self.model == DEFAULT_MODEL:
+            return DEFAULT_MODEL
+        path = Path(self.model.rstrip("/"))
+        return path.stem if path.suffix == ".gguf" else path.name
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names it."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+# flag name -> (environment variable, type); every PROMPTSWAP_* variable is listed here.
+_SERVER_ENV = {
+    "model": ("PROMPTSWAP_MODEL", str),
+    "model_id": ("PROMPTSWAP_MODEL_ID", str),
+    "host": ("PROMPTSWAP_HOST", str),
+    "port": ("PROMPTSWAP_PORT", int),
+    "admin_token": ("PROMPTSWAP_ADMIN_TOKEN", str),
+    "cache_dir": ("PROMPTSWAP_CACHE_DIR", Path),
+    "max_waiting": ("PROMPTSWAP_MAX_WAITING", int),
+    "request_timeout_s": ("PROMPTSWAP_REQUEST_TIMEOUT_S", float),
+    "drain_timeout_s": ("PROMPTSWAP_DRAIN_TIMEOUT_S", float),
+    "max_body_bytes": ("PROMPTSWAP_MAX_BODY_BYTES", int),
+    "max_new_tokens_limit": ("PROMPTSWAP_MAX_NEW_TOKENS_LIMIT", int),
+}
+_ENGINE_ENV = {
+    "block_size": ("PROMPTSWAP_BLOCK_SIZE", int),
+    "num_kv_blocks": ("PROMPTSWAP_KV_BLOCKS", int),
+    "max_num_seqs": ("PROMPTSWAP_MAX_NUM_SEQS", int),
+    "max_num_batched_tokens": ("PROMPTSWAP_MAX_BATCHED_TOKENS", int),
+    "max_model_len": ("PROMPTSWAP_MAX_MODEL_LEN", int),
+    "prompt_table_rows": ("PROMPTSWAP_PROMPT_TABLE_ROWS", int),
+    "device": ("PROMPTSWAP_DEVICE", str),
+    "dtype": ("PROMPTSWAP_DTYPE", str),
+    "use_reference_kernels": ("PROMPTSWAP_REFERENCE_KERNELS", bool),
+}
+_STORE_ENV = {
+    "directory": ("PROMPTSWAP_STORE", Path),
+    "max_virtual_tokens": ("PROMPTSWAP_MAX_VIRTUAL_TOKENS", int),
+    "max_file_bytes": ("PROMPTSWAP_MAX_FILE_BYTES", int),
+    "versions_kept": ("PROMPTSWAP_VERSIONS_KEPT", int),
+    "host_cache_tasks": ("PROMPTSWAP_HOST_CACHE_TASKS", int),
+}
+
+
+def _parse(kind: type, raw: str):
+    if kind is bool:
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    return kind(raw)
+
+
+def _from_env(table: dict, environ: dict[str, str]) -> dict:
+    values = {}
+    for name, (variable, kind) in table.items():
+        if environ.get(variable, "") != "":
+            try:
+                values[name] = _parse(kind, environ[variable])
+            except ValueError as exc:
+                raise ConfigError(f"{variable}: {exc}") from None
+    return values
+
+
+def load_config(flags: dict | None = None, environ: dict[str, str] | None = None) -> ServerConfig:
+    """Environment first, then explicit flags (None means 'not given') on top."""
+    environ = dict(os.environ if environ is None else environ)
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    server = _from_env(_SERVER_ENV, environ)
+    engine = _from_env(_ENGINE_ENV, environ)
+    store = _from_env(_STORE_ENV, environ)
+    if "store" in flags:
+        store["directory"] = Path(flags.pop("store"))
+    for name in [f.name for f in fields(EngineConfig)]:
+        if name in flags:
+            engine[name] = flags.pop(name)
+    server.update(flags)
+    return ServerConfig(**server, engine=EngineConfig(**engine), store=StoreConfig(**store))
+
+
+def add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="local model folder, .gguf file, or 'smollm2-135m-instruct' (default)")
+    parser.add_argument("--model-id", dest="model_id", help="id of the base model in the API")
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--store", help="prompt store directory")
+    parser.add_argument("--admin-token", dest="admin_token")

@@ -1,0 +1,170 @@
+"""The thread-safe face of the engine that the HTTP layer talks to: text in, a stream of RequestOutputs back.
+
+The engine's step loop runs in its own thread; every public method here may be called from the asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+from server.config import ServerConfig
+from server.engine.errors import EngineNotReadyError, QueueFullError, RequestValidationError
+from server.engine.request import EngineStats, GenerationRequest, RequestOutput, SamplingParams
+
+log = logging.getLogger("promptswap.engine")
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    prompt: str | tuple[int, ...]  # text (tokenized like `tokenizer(text).input_ids`) or token ids
+    sampling: SamplingParams
+    task: str | None = None  # None or the base model id: no soft prompt
+    subtask: int = 0  # multitask prompt tuning sub-task
+    request_id: str | None = None  # generated when None
+
+
+class RequestStream:
+    """Outputs of one request, in order; the last has `finished` set. Iterate with `async for`."""
+
+    def __init__(self, request_id: str, num_prompt_tokens: int, client: EngineClient):
+        self.request_id = request_id
+        self.num_prompt_tokens = num_prompt_tokens
+        self.task: str | None = None
+        self.task_version: int | None = None
+        self._queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
+        self._client = client
+        self._is_done = False
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self._is_done:
+            raise StopAsyncIteration
+        out = await self._queue.get()
+        self._is_done = out.finished
+        return out
+
+    def cancel(self) -> None:
+        """Abort the request (client gone, deadline); the engine frees its blocks and pins in its next step."""
+        if not self._is_done:
+            self._client.abort(self.request_id)
+
+
+class EngineClient:
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.base_model_id = config.base_model_id
+        self.registry = None  # PromptRegistry, set once loaded
+        self.engine = None  # LLMEngine, set once loaded
+        self.tokenizer = None
+        self.load_error: BaseException | None = None
+        self._is_draining = False
+        self._is_stopping = False
+        self._thread: threading.Thread | None = None
+
+    # ---- lifecycle ----
+
+    def start(self) -> None:
+        """Load the model and the prompt store in a background thread, then run the step loop there."""
+        self._thread = threading.Thread(target=self._run, name="promptswap-engine", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._load()
+        except BaseException as exc:  # reported through /health and the log; the process stays up to say so
+            log.exception("start-up failed")
+            self.load_error = exc
+            return
+        self._loop()
+
+    def _load(self) -> None:
+        from server.engine.bootstrap import build_engine
+        self.engine, self.registry, self.tokenizer = build_engine(self.config)
+
+    def _loop(self) -> None:
+        engine = self.engine
+        while not self._is_stopping:
+            engine.wait_for_work(timeout=0.1)
+            if engine.has_work():
+                engine.step()
+
+    def is_ready(self) -> bool:
+        return self.engine is not None and not self._is_draining and self.is_alive()
+
+    def is_alive(self) -> bool:
+        return self.load_error is None and self._thread is not None and self._thread.is_alive()
+
+    def begin_drain(self) -> None:
+        self._is_draining = True
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while self.engine is not None and self.engine.has_work():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def shutdown(self) -> None:
+        if self.engine is not None:
+            for request_id in list(self.engine.live_request_ids()):
+                self.engine.abort(request_id)
+            self.wait_idle(5.0)
+        self._is_stopping = True
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5.0)
+
+    # ---- requests ----
+
+    def stats(self) -> EngineStats:
+        self._require_loaded()
+        return self.engine.stats()
+
+    def tokenize(self, text: str) -> list[int]:
+        self._require_loaded()
+        return list(self.tokenizer(text).input_ids)
+
+    def apply_chat_template(self, messages: list[dict]) -> str:
+        self._require_loaded()
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise RequestValidationError("this model has no chat template; use /v1/completions")
+        try:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as exc:  # the template rejects the messages (roles out of order, ...)
+            raise RequestValidationError(f"messages do not fit the chat template: {exc}") from None
+
+    def submit(self, request: SubmitRequest, loop: asyncio.AbstractEventLoop) -> RequestStream:
+        """Admit a request or raise: UnknownTaskError (404), RequestValidationError (400/422),
+        QueueFullError (429), EngineNotReadyError (503). Fast: no model work happens here."""
+        if not self.is_ready():
+            raise EngineNotReadyError("the server is draining" if self._is_draining else "the model is loading")
+        if self.engine.num_waiting() >= self.config.max_waiting:
+            raise QueueFullError(f"{self.config.max_waiting} requests are already waiting; retry shortly")
+        token_ids = self.tokenize(request.prompt) if isinstance(request.prompt, str) else list(request.prompt)
+        task = None if request.task in (None, "", self.base_model_id) else request.task
+        request_id = request.request_id or uuid.uuid4().hex
+        stream = RequestStream(request_id, len(token_ids), self)
+        generation = GenerationRequest(request_id=request_id, prompt_token_ids=tuple(token_ids),
+                                       sampling=request.sampling, task=task, subtask=request.subtask)
+
+        def deliver(out: RequestOutput) -> None:
+            loop.call_soon_threadsafe(stream._queue.put_nowait, out)
+
+        handle = self.engine.add_request(generation, on_output=deliver)
+        stream.task, stream.task_version = handle.task, handle.task_version
+        return stream
+
+    def abort(self, request_id: str) -> None:
+        if self.engine is not None:
+            self.engine.abort(request_id)
+
+    def _require_loaded(self) -> None:
+        if self.engine is None:
+            raise EngineNotReadyError("the model is loading")

@@ -1,0 +1,21 @@
+"""Errors the engine raises to its callers; server/http/errors.py maps each to a status code."""
+
+
+class EngineError(Exception):
+    """Base class; the message is safe to show to the client."""
+
+
+class RequestValidationError(EngineError):
+    """The request cannot be served as asked (too long for the model, bad parameters). HTTP 400/422."""
+
+
+class QueueFullError(EngineError):
+    """The waiting queue is at its bound. HTTP 429 with Retry-After."""
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class EngineNotReadyError(EngineError):
+    """The engine is loading or draining and admits nothing. HTTP 503."""

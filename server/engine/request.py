@@ -1,0 +1,91 @@
+"""What crosses between the engine and its callers: a request in, a stream of outputs back."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class FinishReason(str, enum.Enum):
+    LENGTH = "length"  # max_new_tokens reached (or the model's length limit)
+    EOS = "eos_token"  # the model produced an end-of-sequence token
+    STOP = "stop_sequence"  # a stop string appeared; the text ends before it
+    ABORTED = "aborted"  # cancelled by the caller (client gone, deadline, shutdown)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 64
+    do_sample: bool = False  # greedy unless true
+    temperature: float = 1.0
+    top_k: int = 0  # 0: no top-k filter
+    top_p: float = 1.0  # 1.0: no nucleus filter
+    repetition_penalty: float = 1.0  # 1.0: off; HF semantics (divide positive logits, multiply negative)
+    seed: int | None = None  # same seed, same request -> same output
+    stop: tuple[str, ...] = ()  # at most 4 strings; the output ends before the first one found
+    ignore_eos: bool = False  # benchmarks: generate exactly max_new_tokens
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        if self.do_sample and self.temperature <= 0:
+            raise ValueError("temperature must be > 0 when sampling")
+        if self.top_k < 0:
+            raise ValueError("top_k must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.repetition_penalty <= 0:
+            raise ValueError("repetition_penalty must be > 0")
+        if len(self.stop) > 4 or any(not s for s in self.stop):
+            raise ValueError("stop takes at most 4 non-empty strings")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str  # unique among live requests
+    prompt_token_ids: tuple[int, ...]  # the tokenizer's output for the input text (BOS included if it adds one)
+    sampling: SamplingParams
+    task: str | None = None  # None: the base model, no soft prompt
+    subtask: int = 0  # multitask prompt tuning: which sub-task's prompt; 0 for every other type
+
+
+@dataclass(frozen=True)
+class RequestOutput:
+    """One step's news for one request; the last one has `finished` set."""
+
+    request_id: str
+    new_token_ids: tuple[int, ...]  # tokens produced since the previous output
+    new_text: str  # text those tokens completed (held back while it may still become a stop string)
+    finished: bool
+    finish_reason: FinishReason | None  # set when finished
+    num_prompt_tokens: int  # the request's own prompt tokens (virtual tokens not counted)
+    num_generated_tokens: int  # tokens generated so far, the ones cut by a stop string included
+    task: str | None
+    task_version: int | None
+    timings: RequestTimings | None = None  # set on the last output
+
+
+@dataclass(frozen=True)
+class RequestTimings:
+    arrival_time: float  # time.monotonic() when the engine received it
+    first_scheduled_time: float | None
+    first_token_time: float | None
+    finished_time: float
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot for metrics and health; cheap to take from any thread."""
+
+    num_running: int
+    num_waiting: int
+    num_free_blocks: int
+    num_total_blocks: int
+    num_registry_blocks: int  # blocks holding task prefixes
+    num_resident_tasks: int  # task versions with device-resident prompts
+    num_steps: int
+    last_batch_sizes: tuple[int, ...] = field(default=())  # batch sizes since the previous snapshot
+
+    @property
+    def kv_cache_usage(self) -> float:
+        return 1.0 - self.num_free_blocks / self.num_total_blocks

@@ -1,0 +1,146 @@
+"""Continuous batching: every step, running sequences first (decodes and unfinished prefill chunks), then waiting
+ones admitted first-come-first-served, all under one token budget and the free KV blocks. When blocks run out,
+unused prompt prefixes are evicted first, then the most recently admitted sequence is preempted (it frees its
+blocks and is recomputed later)."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from server.config import EngineConfig
+from server.engine.batch import ScheduledChunk, SchedulerOutput
+from server.engine.block_manager import BlockManager, OutOfBlocksError
+from server.engine.prompt_cache import PromptCache, PromptCacheEntry
+from server.engine.prompt_table import OutOfRowsError
+from server.engine.sequence import Sequence, SequenceStatus
+
+
+class Scheduler:
+    def __init__(self, config: EngineConfig, block_manager: BlockManager, prompt_cache: PromptCache, vocab_size: int):
+        self.config = config
+        self.block_manager = block_manager
+        self.prompt_cache = prompt_cache
+        self.vocab_size = vocab_size
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self._schedule_running(out, self.config.max_num_batched_tokens)
+        if not out.preempted:
+            self._schedule_waiting(out, budget)
+        return out
+
+    def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            num_tokens = min(seq.num_uncomputed, budget)
+            if not self._reserve(seq, seq.num_computed + num_tokens):
+                victim = self.running[-1]
+                self._preempt(victim, out)
+                if victim is seq:
+                    break
+                continue
+            out.chunks.append(self._chunk(seq, num_tokens))
+            budget -= num_tokens
+            i += 1
+        return budget
+
+    def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            seq = self.waiting[0]
+            if not self._hold_prompt(seq):
+                return
+            budget -= self._materialize_if_needed(seq.prompt_entry, out, budget)
+            num_tokens = min(seq.num_uncomputed, budget)
+            if num_tokens <= 0 or not self._reserve(seq, seq.num_computed + num_tokens):
+                return
+            self.waiting.popleft()
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            out.chunks.append(self._chunk(seq, num_tokens))
+            budget -= num_tokens
+
+    def _hold_prompt(self, seq: Sequence) -> bool:
+        """Make the sequence's soft prompt device-resident; False if there is no room now."""
+        if seq.task_ref is None or seq.prompt_entry is not None:
+            return True
+        try:
+            seq.prompt_entry = self.prompt_cache.acquire(seq.task_ref)
+        except (OutOfBlocksError, OutOfRowsError):
+            return False
+        return True
+
+    def _materialize_if_needed(self, entry: PromptCacheEntry | None, out: SchedulerOutput, budget: int) -> int:
+        """Schedule the one-time computation of a prompt-tuning prefix; returns the budget it used.
+
+        Requests of the task scheduled in the same step read the prefix K/V of each layer after this chunk wrote
+        them: every layer writes all new K/V before any attention reads the cache.
+        """
+        if entry is None or entry.is_materialized or entry.is_materializing:
+            return 0
+        if entry.prefix_len > budget and out.chunks:
+            return budget  # too big for what is left of this step; admit nothing more now
+        entry.is_materializing = True
+        out.chunks.append(ScheduledChunk(
+            seq=None, entry=entry,
+            token_ids=tuple(self.vocab_size + row for row in entry.row_ids),
+            start_position=0, prefix_len=0, prefix_blocks=(), own_blocks=tuple(entry.prefix_blocks),
+            own_start=0, needs_logits=False))
+        return entry.prefix_len
+
+    def _chunk(self, seq: Sequence, num_tokens: int) -> ScheduledChunk:
+        entry = seq.prompt_entry
+        start = seq.num_computed
+        return ScheduledChunk(
+            seq=seq, entry=entry,
+            token_ids=tuple(seq.token_ids[start:start + num_tokens]),
+            start_position=seq.prefix_len + start,
+            prefix_len=seq.prefix_len,
+            prefix_blocks=tuple(entry.prefix_blocks) if entry is not None else (),
+            own_blocks=tuple(seq.own_blocks),
+            own_start=start,
+            needs_logits=start + num_tokens == len(seq.token_ids))
+
+    def _reserve(self, seq: Sequence, num_tokens: int) -> bool:
+        """Give the sequence blocks for `num_tokens` own tokens, evicting unused prompts if that makes room."""
+        while True:
+            try:
+                self.block_manager.grow(seq.own_blocks, num_tokens)
+                return True
+            except OutOfBlocksError:
+                if not self.prompt_cache.evict_one():
+                    return False
+
+    def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
+        self.running.remove(seq)
+        self._free(seq)
+        seq.status = SequenceStatus.WAITING
+        seq.num_preemptions += 1
+        self.waiting.appendleft(seq)
+        out.preempted.append(seq)
+
+    def _free(self, seq: Sequence) -> None:
+        self.block_manager.free(seq.own_blocks)
+        seq.own_blocks = []
+        seq.num_computed = 0
+        if seq.prompt_entry is not None:
+            self.prompt_cache.release(seq.prompt_entry)
+            seq.prompt_entry = None
+
+    def finish(self, seq: Sequence) -> None:
+        """Take a finished or aborted sequence out and free what it holds."""
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self._free(seq)
+        seq.status = SequenceStatus.FINISHED
