@@ -1,0 +1,42 @@
+"""An in-process engine over a model folder and an in-memory registry, for engine-level tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from prompt_store.registry import PromptRegistry
+from server.config import EngineConfig, StoreConfig
+from server.engine.llm_engine import LLMEngine
+from server.engine.request import GenerationRequest, SamplingParams
+from server.model import load_model
+
+
+def make_engine(model_dir: Path, **engine_options) -> LLMEngine:
+    loaded = load_model(str(model_dir), Path("/nonexistent-cache"), torch.device("cpu"), torch.float32)
+    registry = PromptRegistry(loaded.shape, StoreConfig(), "base", None)
+    return LLMEngine(EngineConfig(**engine_options), loaded.model, loaded.tokenizer, registry)
+
+
+def upload_folder(engine: LLMEngine, task: str, adapter_dir: Path):
+    return engine.registry.upload(task, (adapter_dir / "adapter_config.json").read_bytes(),
+                                  (adapter_dir / "adapter_model.safetensors").read_bytes())
+
+
+def greedy(max_new_tokens: int) -> SamplingParams:
+    return SamplingParams(max_new_tokens=max_new_tokens)
+
+
+def run_to_completion(engine: LLMEngine, max_steps: int = 10_000) -> None:
+    for _ in range(max_steps):
+        if not engine.has_work():
+            return
+        engine.step()
+    raise AssertionError("engine did not finish its work")
+
+
+def request(request_id: str, token_ids, max_new_tokens: int, task: str | None = None, subtask: int = 0,
+            **sampling) -> GenerationRequest:
+    return GenerationRequest(request_id, tuple(token_ids), SamplingParams(max_new_tokens=max_new_tokens, **sampling),
+                             task=task, subtask=subtask)
