@@ -39,7 +39,8 @@ class LazyKernel:
 
     `triton.jit` decides between compiling and interpreting when it decorates, so deferring it means TRITON_INTERPRET
     is honoured even when something imported this package before the variable was set (a test suite, say).
-    One jitted function is kept per mode.
+    One jitted function is kept per mode. (Triton's own library functions, `tl.max` and the like, are decorated
+    when triton is imported; tests/kernels/conftest.py makes them interpretable when that happened first.)
     """
 
     def __init__(self, fn: Callable):
@@ -93,3 +94,9 @@ def check_ndim(name: str, arg: str, tensor: torch.Tensor, ndim: int, layout: str
 
 def next_power_of_2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """`tl.dot` precision for tiles upcast to float32 from `dtype`: TF32 is exact on fp16/bf16 inputs (at most 10
+    mantissa bits) and runs on tensor cores; true fp32 inputs keep full IEEE precision."""
+    return "ieee" if dtype == torch.float32 else "tf32"

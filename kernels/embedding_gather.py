@@ -43,13 +43,14 @@ def _embedding_gather_kernel(
     token_id = tl.load(token_ids_ptr + token).to(tl.int64)
     # Ids outside [0, vocab_size + num_prompt_rows) break the contract; they read nothing and give a zero row
     # rather than touching memory outside the tables.
+    is_known = (token_id >= 0) & (token_id < vocab_size + num_prompt_rows)
+    readable = cols < tl.where(is_known, hidden, 0)
     if token_id < vocab_size:
-        src = embedding_ptr + token_id * stride_embedding_row + cols * stride_embedding_col
-        row = tl.load(src, mask=in_hidden & (token_id >= 0), other=0.0).to(out_ptr.dtype.element_ty)
+        vocab_row = embedding_ptr + token_id * stride_embedding_row
+        row = tl.load(vocab_row + cols * stride_embedding_col, mask=readable, other=0.0).to(out_ptr.dtype.element_ty)
     else:
-        prompt_row = token_id - vocab_size
-        src = prompt_rows_ptr + prompt_row * stride_prompt_row + cols * stride_prompt_col
-        row = tl.load(src, mask=in_hidden & (prompt_row < num_prompt_rows), other=0.0).to(out_ptr.dtype.element_ty)
+        prompt_row = prompt_rows_ptr + (token_id - vocab_size) * stride_prompt_row
+        row = tl.load(prompt_row + cols * stride_prompt_col, mask=readable, other=0.0).to(out_ptr.dtype.element_ty)
     tl.store(out_ptr + token.to(tl.int64) * stride_out_row + cols * stride_out_col, row, mask=in_hidden)
 
 

@@ -121,21 +121,22 @@ def _refuse_constant(name: str) -> None:
 
 
 def _parse_entry(name: str, value: object) -> TensorEntry:
+    shown = _short(repr(name), 66)
     if not isinstance(value, dict) or set(value) != {"dtype", "shape", "data_offsets"}:
-        raise _invalid(f"describes tensor {name!r} without exactly the fields dtype, shape and data_offsets")
+        raise _invalid(f"describes tensor {shown} without exactly the fields dtype, shape and data_offsets")
     dtype, shape, offsets = value["dtype"], value["shape"], value["data_offsets"]
     if not isinstance(dtype, str):
-        raise _invalid(f"gives tensor {name!r} a dtype that is not a string: {dtype!r}")
+        raise _invalid(f"gives tensor {shown} a dtype that is not a string: {dtype!r}")
     if dtype not in DTYPE_SIZES:
-        raise _invalid(f"tensor {name!r} has dtype {dtype[:32]}; only F16, BF16 and F32 are accepted")
+        raise _invalid(f"tensor {shown} has dtype {dtype[:32]}; only F16, BF16 and F32 are accepted")
     if not _is_int_list(shape) or len(shape) > MAX_RANK or any(size < 0 for size in shape):
-        raise _invalid(f"gives tensor {name!r} an invalid shape {_short(shape)}")
+        raise _invalid(f"gives tensor {shown} an invalid shape {_short(shape)}")
     if not _is_int_list(offsets) or len(offsets) != 2 or not 0 <= offsets[0] <= offsets[1]:
-        raise _invalid(f"gives tensor {name!r} invalid data_offsets {_short(offsets)}")
+        raise _invalid(f"gives tensor {shown} invalid data_offsets {_short(offsets)}")
     expected = math.prod(shape) * DTYPE_SIZES[dtype]
     if offsets[1] - offsets[0] != expected:
         raise _invalid(
-            f"gives tensor {name!r} {offsets[1] - offsets[0]} bytes, but shape {shape} of {dtype} needs {expected}"
+            f"gives tensor {shown} {offsets[1] - offsets[0]} bytes, but shape {_short(shape)} of {dtype} needs {_short(expected)}"
         )
     return TensorEntry(name, dtype, tuple(shape), offsets[0], offsets[1])
 
@@ -157,7 +158,9 @@ def _check_tiling(entries: dict[str, TensorEntry], data_length: int) -> None:
     for entry in sorted(entries.values(), key=lambda e: (e.begin, e.end)):
         if entry.begin != position:
             problem = "overlaps another tensor" if entry.begin < position else "leaves a gap before it"
-            raise _invalid(f"tensor {entry.name!r} {problem} (data_offsets start {entry.begin}, expected {position})")
+            raise _invalid(
+                f"tensor {_short(repr(entry.name), 66)} {problem} (data_offsets start {entry.begin}, expected {position})"
+            )
         position = entry.end
     if position != data_length:
         if position > data_length:
@@ -169,7 +172,7 @@ def _check_loaded_matches(entries: dict[str, TensorEntry], tensors: dict[str, to
     for name, entry in entries.items():
         tensor = tensors.get(name)
         if tensor is None or tensor.dtype != TORCH_DTYPES[entry.dtype] or tuple(tensor.shape) != entry.shape:
-            raise _invalid(f"tensor {name!r} did not load as its header describes it")
+            raise _invalid(f"tensor {_short(repr(name), 66)} did not load as its header describes it")
     if set(tensors) != set(entries):
         raise _invalid("loaded tensors differ from the header")
 

@@ -30,9 +30,15 @@ class BlockManager:
         return blocks
 
     def free(self, blocks: list[int]) -> None:
+        """Return blocks to the pool; all or nothing, so a bad id never leaves the pool half-updated."""
+        if len(set(blocks)) != len(blocks):
+            raise ValueError(f"blocks {blocks} repeat an id")
         for block in blocks:
+            if not 0 <= block < self.num_blocks:
+                raise ValueError(f"block {block} is not in the pool of {self.num_blocks}")
             if self._is_free[block]:
                 raise ValueError(f"block {block} freed twice")
+        for block in blocks:
             self._is_free[block] = True
             self._free.append(block)
 

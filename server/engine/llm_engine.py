@@ -129,6 +129,7 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         outputs = self._take_inbox_and_aborts()
         batch = self.scheduler.schedule()
+        _mark_scheduled(batch, time.monotonic())
         if batch.chunks:
             logits = self.runner.run(batch.chunks)
             outputs += self._postprocess(batch, logits)
@@ -145,11 +146,8 @@ class LLMEngine:
         for chunk in batch.chunks:
             if chunk.seq is None:
                 chunk.entry.is_materializing = False
-                chunk.entry.is_materialized = True
-                continue
-            chunk.seq.num_computed += chunk.num_tokens
-            if chunk.seq.first_scheduled_time is None:
-                chunk.seq.first_scheduled_time = now
+            else:
+                chunk.seq.num_computed += chunk.num_tokens
         outputs = []
         for chunk, token_id in zip(sampled_chunks, token_ids):
             seq = chunk.seq
@@ -242,6 +240,12 @@ class LLMEngine:
             num_free_blocks=self.block_manager.num_free, num_total_blocks=self.block_manager.num_blocks,
             num_registry_blocks=self.prompt_cache.num_blocks, num_resident_tasks=self.prompt_cache.num_resident,
             num_steps=self.num_steps, last_batch_sizes=tuple(sizes))
+
+
+def _mark_scheduled(batch: SchedulerOutput, now: float) -> None:
+    for chunk in batch.chunks:
+        if chunk.seq is not None and chunk.seq.first_scheduled_time is None:
+            chunk.seq.first_scheduled_time = now
 
 
 def _model_max_len(config) -> int:

@@ -31,9 +31,13 @@ class PromptCacheEntry:
     prefix_len: int  # virtual tokens; the request's own tokens start at this position
     prefix_blocks: list[int]  # read-only once materialized; shared by every request of this key
     row_ids: list[int] = field(default_factory=list)  # prompt-table rows (embedding kind)
-    is_materialized: bool = False  # prefix K/V are in the blocks
-    is_materializing: bool = False  # scheduled in the current step
+    num_materialized: int = 0  # leading virtual tokens whose K/V are written (or scheduled in the current step)
+    is_materializing: bool = False  # a chunk of it runs in the current step: not evictable until it ends
     num_users: int = 0  # sequences holding it; > 0 pins it on the device
+
+    @property
+    def is_materialized(self) -> bool:
+        return self.num_materialized == self.prefix_len
 
 
 class PromptCache:
@@ -88,7 +92,7 @@ class PromptCache:
         try:
             if spec.kind is PromptKind.PREFIX_KV:
                 self.kv_cache.write_prefix(blocks, spec.tensor[0])
-                entry.is_materialized = True
+                entry.num_materialized = prefix_len
             else:
                 embeddings = spec.tensor[ref.subtask]  # [p, hidden]
                 entry.row_ids = self._with_room(lambda: self.prompt_table.store(embeddings))

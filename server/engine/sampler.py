@@ -43,7 +43,7 @@ def sample_row(row: torch.Tensor, params: SamplingParams, generator: torch.Gener
 def sample(logits: torch.Tensor, params: Seq[SamplingParams], seen_ids: Seq[list[int]],
            generators: Seq[torch.Generator | None]) -> list[int]:
     """logits [num_seqs, vocab] -> one token id per row."""
-    logits = logits.float()
+    logits = logits.float().clone()  # penalties edit rows in place; the caller's logits stay as they were
     for i, p in enumerate(params):
         if p.repetition_penalty != 1.0:
             apply_repetition_penalty(logits[i], seen_ids[i], p.repetition_penalty)

@@ -59,9 +59,11 @@ class Scheduler:
             seq = self.waiting[0]
             if not self._hold_prompt(seq):
                 return
-            budget -= self._materialize_if_needed(seq.prompt_entry, out, budget)
+            used, is_prompt_ready = self._materialize(seq.prompt_entry, out, budget)
+            budget -= used
             num_tokens = min(seq.num_uncomputed, budget)
-            if num_tokens <= 0 or not self._reserve(seq, seq.num_computed + num_tokens):
+            if not is_prompt_ready or num_tokens <= 0 or not self._reserve(seq, seq.num_computed + num_tokens):
+                self._drop_prompt(seq)  # a waiting sequence pins nothing, or pinned prompts could starve the pool
                 return
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
@@ -79,23 +81,31 @@ class Scheduler:
             return False
         return True
 
-    def _materialize_if_needed(self, entry: PromptCacheEntry | None, out: SchedulerOutput, budget: int) -> int:
-        """Schedule the one-time computation of a prompt-tuning prefix; returns the budget it used.
+    def _drop_prompt(self, seq: Sequence) -> None:
+        if seq.prompt_entry is not None:
+            self.prompt_cache.release(seq.prompt_entry)
+            seq.prompt_entry = None
 
-        Requests of the task scheduled in the same step read the prefix K/V of each layer after this chunk wrote
-        them: every layer writes all new K/V before any attention reads the cache.
+    def _materialize(self, entry: PromptCacheEntry | None, out: SchedulerOutput, budget: int) -> tuple[int, bool]:
+        """Schedule the next chunk of a prompt-tuning prefix's one-time K/V computation.
+
+        Returns (budget used, whether readers may be scheduled in this step). Readers scheduled after the chunk
+        that completes the prefix may share its step: every layer writes all new K/V before any attention reads.
         """
-        if entry is None or entry.is_materialized or entry.is_materializing:
-            return 0
-        if entry.prefix_len > budget and out.chunks:
-            return budget  # too big for what is left of this step; admit nothing more now
+        if entry is None or entry.is_materialized:
+            return 0, True
+        if entry.is_materializing:  # an earlier admission this step scheduled a chunk, not the last one
+            return 0, False
+        start = entry.num_materialized
+        num_tokens = min(entry.prefix_len - start, budget)
         entry.is_materializing = True
+        entry.num_materialized += num_tokens
         out.chunks.append(ScheduledChunk(
             seq=None, entry=entry,
-            token_ids=tuple(self.vocab_size + row for row in entry.row_ids),
-            start_position=0, prefix_len=0, prefix_blocks=(), own_blocks=tuple(entry.prefix_blocks),
-            own_start=0, needs_logits=False))
-        return entry.prefix_len
+            token_ids=tuple(self.vocab_size + row for row in entry.row_ids[start:start + num_tokens]),
+            start_position=start, prefix_len=0, prefix_blocks=(), own_blocks=tuple(entry.prefix_blocks),
+            own_start=start, needs_logits=False))
+        return num_tokens, entry.is_materialized
 
     def _chunk(self, seq: Sequence, num_tokens: int) -> ScheduledChunk:
         entry = seq.prompt_entry

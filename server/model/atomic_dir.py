@@ -23,6 +23,7 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(final)
     staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(final), dir=final.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the published folder should read like any other
     try:
         yield staging
         _fsync_tree(staging)
@@ -54,5 +55,6 @@ def _staging_prefix(final: Path) -> str:
 def _remove_stale_staging(final: Path) -> None:
     deadline = time.time() - _STALE_AFTER_S
     for leftover in final.parent.glob(_staging_prefix(final) + "*"):
-        if leftover.stat().st_mtime < deadline:
-            shutil.rmtree(leftover, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):  # another process may be removing it too
+            if leftover.stat().st_mtime < deadline:
+                shutil.rmtree(leftover, ignore_errors=True)

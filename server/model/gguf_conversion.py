@@ -50,13 +50,14 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
         )
     except (ValueError, KeyError, OSError) as exc:
         raise ModelLoadError(f"cannot convert {gguf_path}: {exc}") from exc
-    _keep_chat_template(tokenizer, gguf_path)
+    ensure_chat_template(tokenizer, gguf_path)
     logger.info("saving the converted model to %s", out_dir)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
 
 
-def _keep_chat_template(tokenizer, gguf_path: Path) -> None:
+def ensure_chat_template(tokenizer, gguf_path: Path) -> None:
+    """Give `tokenizer` the chat template stored in the GGUF metadata when the converted tokenizer lacks one."""
     # Chat completions need the template; older transformers GGUF tokenizers dropped it, the file still has it.
     if tokenizer.chat_template:
         return

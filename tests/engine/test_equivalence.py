@@ -78,3 +78,15 @@ def test_engine_frees_everything_after_mixed_batch(tiny_llama_dir, adapter_facto
     assert stats.num_free_blocks == 64 - 3 - 2
     assert engine.registry.stats().num_pinned_versions == 0
     assert stats.num_running == stats.num_waiting == 0
+
+
+def test_prompt_longer_than_the_step_budget_is_materialized_in_chunks(tiny_llama_dir, adapter_factory):
+    adapter = adapter_factory(tiny_llama_dir, "PROMPT_TUNING", num_virtual_tokens=8, prompt_tuning_init="TEXT")
+    engine = make_engine(tiny_llama_dir, block_size=4, num_kv_blocks=64, max_num_batched_tokens=3)
+    upload_folder(engine, "pt", adapter)
+    ids = engine.tokenizer(PROMPTS[1]).input_ids
+    handles = [engine.add_request(request(f"r{i}", ids, MAX_NEW, "pt")) for i in range(2)]
+    run_to_completion(engine)
+    expected = peft_generate(tiny_llama_dir, adapter, ids, MAX_NEW)
+    assert [h.result(timeout=5)[0] for h in handles] == [expected, expected]
+    assert engine.prompt_cache.num_loads == 1

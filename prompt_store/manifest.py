@@ -1,0 +1,126 @@
+"""A task's manifest: the one file that says which versions exist and which is active.
+
+Replacing a task's manifest is the commit point of every change to the task (upload, activate, prune), so the
+manifest carries each version's metadata and a scan reads one small file per task and never a tensor.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+
+from prompt_store.spec import ModelShape, PromptKind, PromptSpec
+
+MANIFEST_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """What the store knows about one version without reading its tensors."""
+
+    version: int  # 1, 2, ... per task; never reused while the process lives
+    peft_type: str
+    kind: PromptKind
+    num_virtual_tokens: int
+    num_variants: int  # multitask sub-tasks (1 for other types)
+    prompt_shape: tuple[int, ...]  # shape of the normalized PromptSpec tensor
+    config_bytes: int  # size of adapter_config.json
+    model_bytes: int  # size of adapter_model.safetensors
+    config_sha256: str
+    model_sha256: str
+    created_at: float  # time.time() of the upload
+
+    @property
+    def num_bytes(self) -> int:
+        return self.config_bytes + self.model_bytes
+
+    def fits(self, shape: ModelShape) -> bool:
+        """Whether this prompt still fits the served model (the store may outlive a model change)."""
+        if self.kind is PromptKind.EMBEDDING:
+            return self.prompt_shape[-1] == shape.hidden_size
+        _, num_layers, _, _, num_heads, head_dim = self.prompt_shape
+        return (num_layers, num_heads, head_dim) == (shape.num_layers, shape.num_kv_heads, shape.head_dim)
+
+    def matches(self, spec: PromptSpec) -> bool:
+        return (spec.peft_type, spec.kind, tuple(spec.tensor.shape)) == (self.peft_type, self.kind, self.prompt_shape)
+
+
+@dataclass(frozen=True)
+class TaskManifest:
+    task: str
+    active_version: int
+    versions: tuple[VersionRecord, ...]  # ascending version numbers; the active one among them
+
+    def version(self, number: int) -> VersionRecord | None:
+        return next((record for record in self.versions if record.version == number), None)
+
+    @property
+    def active(self) -> VersionRecord:
+        return self.version(self.active_version)
+
+    @property
+    def latest_version(self) -> int:
+        return self.versions[-1].version
+
+    def with_version(self, record: VersionRecord) -> TaskManifest:
+        """The new version added and made active."""
+        return TaskManifest(self.task, record.version, (*self.versions, record))
+
+    def without_versions(self, numbers: set[int]) -> TaskManifest:
+        return replace(self, versions=tuple(r for r in self.versions if r.version not in numbers))
+
+    def to_json(self) -> bytes:
+        body = {
+            "format": MANIFEST_FORMAT,
+            "task": self.task,
+            "active_version": self.active_version,
+            "versions": [record_to_dict(record) for record in self.versions],
+        }
+        return json.dumps(body, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> TaskManifest:
+        """Raises ValueError (or KeyError/TypeError) describing the first flaw; callers report it."""
+        body = json.loads(data)
+        if body.get("format") != MANIFEST_FORMAT:
+            raise ValueError(f"unknown manifest format {body.get('format')!r}")
+        versions = tuple(sorted((_record_from_dict(item) for item in body["versions"]), key=lambda r: r.version))
+        manifest = cls(_require_type(body["task"], str), _require_type(body["active_version"], int), versions)
+        if manifest.active is None:
+            raise ValueError(f"active version {manifest.active_version} is not among the versions")
+        if len({r.version for r in versions}) != len(versions):
+            raise ValueError("a version number appears twice")
+        return manifest
+
+
+def record_to_dict(record: VersionRecord) -> dict:
+    body = asdict(record)
+    body["kind"] = record.kind.value
+    body["prompt_shape"] = list(record.prompt_shape)
+    return body
+
+
+def _record_from_dict(body: dict) -> VersionRecord:
+    record = VersionRecord(
+        version=_require_type(body["version"], int),
+        peft_type=_require_type(body["peft_type"], str),
+        kind=PromptKind(body["kind"]),
+        num_virtual_tokens=_require_type(body["num_virtual_tokens"], int),
+        num_variants=_require_type(body["num_variants"], int),
+        prompt_shape=tuple(_require_type(size, int) for size in body["prompt_shape"]),
+        config_bytes=_require_type(body["config_bytes"], int),
+        model_bytes=_require_type(body["model_bytes"], int),
+        config_sha256=_require_type(body["config_sha256"], str),
+        model_sha256=_require_type(body["model_sha256"], str),
+        created_at=float(body["created_at"]),
+    )
+    expected_rank = 3 if record.kind is PromptKind.EMBEDDING else 6
+    if record.version < 1 or len(record.prompt_shape) != expected_rank:
+        raise ValueError(f"version {record.version} has an invalid record")
+    return record
+
+
+def _require_type(value, kind: type):
+    if type(value) is not kind:
+        raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
+    return value

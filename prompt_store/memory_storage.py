@@ -1,0 +1,46 @@
+"""The store a registry uses when it has no directory (tests, engine tests): same interface, nothing durable."""
+
+from __future__ import annotations
+
+from prompt_store.errors import StorageError
+from prompt_store.manifest import TaskManifest, VersionRecord
+from prompt_store.storage import ScanResult
+
+
+class MemoryStorage:
+    """Keeps the uploaded bytes so a version evicted from the host cache can be parsed again."""
+
+    def __init__(self) -> None:
+        self._files: dict[tuple[str, int], tuple[bytes, bytes]] = {}  # (task, version) -> (config, model)
+        self._manifests: dict[str, TaskManifest] = {}
+
+    def scan(self) -> ScanResult:
+        return ScanResult(manifests=dict(self._manifests))
+
+    def discard_leftovers(self, result: ScanResult) -> None:
+        pass
+
+    def read_version(self, task: str, record: VersionRecord) -> tuple[bytes, bytes]:
+        files = self._files.get((task, record.version))
+        if files is None:
+            raise StorageError(f"task {task!r} version {record.version} is not stored")
+        return files
+
+    def create_task(self, manifest: TaskManifest, config_bytes: bytes, model_bytes: bytes) -> None:
+        self.write_version(manifest.task, manifest.active, config_bytes, model_bytes)
+        self.commit(manifest)
+
+    def write_version(self, task: str, record: VersionRecord, config_bytes: bytes, model_bytes: bytes) -> None:
+        self._files[(task, record.version)] = (bytes(config_bytes), bytes(model_bytes))
+
+    def commit(self, manifest: TaskManifest) -> None:
+        self._manifests[manifest.task] = manifest
+
+    def remove_versions(self, task: str, versions: list[int]) -> None:
+        for version in versions:
+            self._files.pop((task, version), None)
+
+    def delete_task(self, task: str) -> None:
+        self._manifests.pop(task, None)
+        for key in [key for key in self._files if key[0] == task]:
+            del self._files[key]

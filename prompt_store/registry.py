@@ -1,0 +1,372 @@
+"""The catalogue of task versions that the engine thread and the HTTP threads share.
+
+Locking: `_lock` guards every in-memory structure and is held only for dictionary work, never for file I/O or
+parsing. Changes to one task (upload, activate, delete) are also serialized by a per-task lock (striped), taken
+before `_lock` and held across the store's file writes, so two uploads to different tasks proceed in parallel.
+
+Pin invariant: a pinned version's spec stays obtainable until released. Only the active version can be newly
+pinned, so the pin count of any other version only falls; pruning skips pinned versions, and `delete` first moves
+pinned versions' specs into the host cache (which never evicts pinned entries) before removing the files.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import zlib
+from collections import Counter
+from dataclasses import replace
+
+from prompt_store.errors import (
+    InvalidPromptError,
+    InvalidSubtaskError,
+    PromptStoreError,
+    StorageError,
+    UnknownTaskError,
+)
+from prompt_store.host_cache import HostCache, VersionKey
+from prompt_store.manifest import TaskManifest, VersionRecord
+from prompt_store.memory_storage import MemoryStorage
+from prompt_store.peft_format import read_peft_files
+from prompt_store.registry_types import RegistryStats, TaskInfo, TaskVersionRef, UploadResult, VersionInfo
+from prompt_store.spec import ModelShape, PromptSpec
+from prompt_store.storage import PromptStorage, sha256_hex
+from prompt_store.task_names import validate_task_name
+from server.config import StoreConfig
+
+__all__ = ["PromptRegistry", "RegistryStats", "TaskInfo", "TaskVersionRef", "UploadResult", "VersionInfo"]
+
+NUM_TASK_LOCKS = 64
+UNLIMITED = 1 << 62
+
+
+class PromptRegistry:
+    """Task name -> versions -> the active one; pins, the host tier and the durable store behind it."""
+
+    def __init__(
+        self, shape: ModelShape, config: StoreConfig, base_model_id: str, storage: PromptStorage | None = None
+    ):
+        self.shape = shape
+        self.config = config
+        self.base_model_id = base_model_id
+        self._storage = storage if storage is not None else MemoryStorage()
+        # Stored versions passed the upload limits when they came in; lowering a limit later must not orphan them.
+        self._stored_limits = replace(
+            config, max_virtual_tokens=UNLIMITED, max_file_bytes=UNLIMITED, max_config_bytes=UNLIMITED
+        )
+        self._lock = threading.Lock()
+        self._task_locks = [threading.Lock() for _ in range(NUM_TASK_LOCKS)]
+        self._manifests: dict[str, TaskManifest] = {}  # the served catalogue
+        self._pins: dict[VersionKey, int] = {}  # refs held per version
+        self._detached: dict[VersionKey, VersionRecord] = {}  # pinned versions of deleted tasks
+        self._retired_versions: dict[str, int] = {}  # deleted task -> its highest version: never reused
+        self._cache = HostCache(config.host_cache_tasks)
+        self._counts: Counter[str] = Counter()
+
+    # ---- start-up ------------------------------------------------------------------------------------------
+    def load(self) -> list[str]:
+        """Read the store's manifests (no tensors); returns one line per damaged or unfit entry skipped."""
+        result = self._storage.scan()
+        self._storage.discard_leftovers(result)
+        problems = list(result.problems)
+        manifests = {}
+        for task, manifest in result.manifests.items():
+            fitting = self._fitting(manifest, problems)
+            if fitting is not None:
+                manifests[task] = fitting
+        with self._lock:
+            self._manifests.update(manifests)
+        return problems
+
+    def _fitting(self, manifest: TaskManifest, problems: list[str]) -> TaskManifest | None:
+        task = manifest.task
+        if task == self.base_model_id:
+            problems.append(f"task {task!r} has the base model's id; skipped")
+            return None
+        if not manifest.active.fits(self.shape):
+            problems.append(f"task {task!r}: active version does not fit the served model's shape; skipped")
+            return None
+        unfit = {r.version for r in manifest.versions if not r.fits(self.shape)}
+        problems += [f"task {task!r}: version {v} does not fit the served model's shape; skipped" for v in unfit]
+        return manifest.without_versions(unfit)
+
+    # ---- uploads -------------------------------------------------------------------------------------------
+    def upload(self, task: str, config_bytes: bytes, model_bytes: bytes) -> UploadResult:
+        """Validate, store durably, then activate; new acquires get the new version once this returns."""
+        try:
+            validate_task_name(task, self.base_model_id)
+            spec = read_peft_files(config_bytes, model_bytes, self.shape, self.config)
+        except PromptStoreError:
+            self._count("uploads_rejected")
+            raise
+        with self._task_lock(task):
+            try:
+                result = self._store_new_version(task, spec, config_bytes, model_bytes)
+            except StorageError:
+                self._count("uploads_failed")
+                raise
+            self._prune(task)
+        self._count("uploads_accepted")
+        return result
+
+    def _store_new_version(self, task: str, spec: PromptSpec, config_bytes: bytes, model_bytes: bytes) -> UploadResult:
+        with self._lock:
+            old = self._manifests.get(task)
+            latest = old.latest_version if old is not None else 0
+            version = max(latest, self._retired_versions.get(task, 0)) + 1
+        record = _new_record(version, spec, config_bytes, model_bytes)
+        if old is None:
+            manifest = TaskManifest(task, version, (record,))
+            self._storage.create_task(manifest, config_bytes, model_bytes)
+        else:
+            manifest = old.with_version(record)
+            self._add_version(manifest, config_bytes, model_bytes)
+        with self._lock:
+            self._manifests[task] = manifest
+            self._cache_put((task, version), spec)  # the first request need not re-read what we just parsed
+        return UploadResult(
+            task, version, old is None, spec.peft_type, spec.kind, spec.num_virtual_tokens, record.num_bytes
+        )
+
+    def _add_version(self, manifest: TaskManifest, config_bytes: bytes, model_bytes: bytes) -> None:
+        record = manifest.active
+        self._storage.write_version(manifest.task, record, config_bytes, model_bytes)
+        try:
+            self._storage.commit(manifest)
+        except StorageError:
+            self._storage.remove_versions(manifest.task, [record.version])
+            raise
+
+    def _prune(self, task: str) -> None:
+        """Drop old versions beyond `versions_kept`, except pinned ones (a later upload drops those)."""
+        with self._lock:
+            manifest = self._manifests[task]
+            old = [r.version for r in manifest.versions if r.version != manifest.active_version]
+            kept = set(old[len(old) - self.config.versions_kept :]) if self.config.versions_kept else set()
+            doomed = [v for v in old if v not in kept and (task, v) not in self._pins]
+            if not doomed:
+                return
+            pruned = manifest.without_versions(set(doomed))
+            self._manifests[task] = pruned
+            for version in doomed:
+                self._cache.pop((task, version))
+        try:
+            self._storage.commit(pruned)
+        except StorageError:
+            return  # still named by the old manifest on disk: keep the files; the next commit drops them
+        self._storage.remove_versions(task, doomed)
+
+    # ---- the engine's side: pins and specs -----------------------------------------------------------------
+    def acquire(self, task: str, subtask: int = 0) -> TaskVersionRef:
+        """Pin the task's active version for one request."""
+        with self._lock:
+            manifest = self._manifests.get(task)
+            if manifest is None:
+                raise UnknownTaskError(f"unknown task {task!r}")
+            record = manifest.active
+            if type(subtask) is not int or not 0 <= subtask < record.num_variants:
+                last = record.num_variants - 1
+                raise InvalidSubtaskError(
+                    f"task {task!r} version {record.version} has sub-tasks 0..{last}; got {subtask!r}"
+                )
+            key = (task, record.version)
+            self._pins[key] = self._pins.get(key, 0) + 1
+        return TaskVersionRef(
+            task, record.version, record.peft_type, record.kind, record.num_virtual_tokens, record.num_variants, subtask
+        )
+
+    def release(self, ref: TaskVersionRef) -> None:
+        with self._lock:
+            count = self._pins.get(ref.key, 0)
+            if count == 0:
+                raise ValueError(f"task {ref.task!r} version {ref.version} is not pinned (released twice?)")
+            if count > 1:
+                self._pins[ref.key] = count - 1
+                return
+            del self._pins[ref.key]
+            if self._detached.pop(ref.key, None) is not None:
+                self._cache.pop(ref.key)  # the task was deleted; this was the last user of its tensors
+            elif len(self._cache) > self._cache.capacity:  # pins had held it over capacity
+                self._counts["evictions"] += self._cache.trim(self._pins.__contains__)
+
+    def spec(self, ref: TaskVersionRef) -> PromptSpec:
+        """The pinned version's tensors: from the host cache, else read and parsed from the store."""
+        with self._lock:
+            spec = self._cache_get(ref.key)
+            record = self._record_of(ref.key)
+        if spec is not None:
+            return spec
+        if record is None:
+            raise UnknownTaskError(f"task {ref.task!r} version {ref.version} is gone (was the ref released?)")
+        try:
+            spec = self._load(ref.task, record)
+        except StorageError:
+            with self._lock:  # a concurrent delete may have moved it to the cache before removing the files
+                spec = self._cache_get(ref.key)
+            if spec is None:
+                raise
+            return spec
+        with self._lock:
+            if self._record_of(ref.key) is not None:
+                self._cache_put(ref.key, spec)
+        return spec
+
+    # ---- admin ---------------------------------------------------------------------------------------------
+    def activate(self, task: str, version: int) -> TaskInfo:
+        """Serve a kept version (roll back or forward); durable before it returns."""
+        with self._task_lock(task):
+            with self._lock:
+                manifest = self._require_task(task)
+            if manifest.version(version) is None or type(version) is not int:
+                kept = [r.version for r in manifest.versions]
+                raise UnknownTaskError(f"task {task!r} has no version {version!r}; kept versions: {kept}")
+            if manifest.active_version != version:
+                activated = replace(manifest, active_version=version)
+                self._storage.commit(activated)
+                with self._lock:
+                    self._manifests[task] = activated
+        return self.get_task(task)
+
+    def delete(self, task: str) -> None:
+        """Remove the task for good; requests holding refs to it keep working until they release them."""
+        with self._task_lock(task):
+            with self._lock:
+                manifest = self._require_task(task)
+                del self._manifests[task]
+                self._retired_versions[task] = max(self._retired_versions.get(task, 0), manifest.latest_version)
+                pinned = self._detach_versions(manifest)
+            self._keep_pinned_in_cache(task, pinned)
+            try:
+                self._storage.delete_task(task)
+            except StorageError:
+                with self._lock:
+                    self._manifests[task] = manifest
+                    for record in pinned:
+                        self._detached.pop((task, record.version), None)
+                raise
+
+    def _detach_versions(self, manifest: TaskManifest) -> list[VersionRecord]:
+        """Under the lock: unpinned versions leave the cache, pinned ones become detached."""
+        pinned = []
+        for record in manifest.versions:
+            key = (manifest.task, record.version)
+            if key in self._pins:
+                self._detached[key] = record
+                pinned.append(record)
+            else:
+                self._cache.pop(key)
+        return pinned
+
+    def _keep_pinned_in_cache(self, task: str, pinned: list[VersionRecord]) -> None:
+        for record in pinned:
+            key = (task, record.version)
+            with self._lock:
+                if key in self._cache or key not in self._detached:
+                    continue
+            try:
+                spec = self._load(task, record)
+            except StorageError:
+                continue  # unreadable already: its requests fail either way, the delete must not
+            with self._lock:
+                if key in self._detached:
+                    self._cache_put(key, spec)
+
+    def list_tasks(self) -> list[TaskInfo]:
+        with self._lock:
+            manifests = sorted(self._manifests.values(), key=lambda m: m.task)
+        return [_task_info(manifest) for manifest in manifests]
+
+    def get_task(self, task: str) -> TaskInfo:
+        with self._lock:
+            manifest = self._require_task(task)
+        return _task_info(manifest)
+
+    def has_task(self, task: str) -> bool:
+        with self._lock:
+            return task in self._manifests
+
+    def stats(self) -> RegistryStats:
+        with self._lock:
+            return RegistryStats(
+                num_tasks=len(self._manifests),
+                num_host_cached=len(self._cache),
+                num_pinned_versions=len(self._pins),
+                loads_by_tier={"host": self._counts["load_host"], "disk": self._counts["load_disk"]},
+                uploads_accepted=self._counts["uploads_accepted"],
+                uploads_rejected=self._counts["uploads_rejected"],
+                uploads_failed=self._counts["uploads_failed"],
+                evictions=self._counts["evictions"],
+            )
+
+    # ---- helpers -------------------------------------------------------------------------------------------
+    def _load(self, task: str, record: VersionRecord) -> PromptSpec:
+        config_bytes, model_bytes = self._storage.read_version(task, record)
+        try:
+            spec = read_peft_files(config_bytes, model_bytes, self.shape, self._stored_limits)
+        except InvalidPromptError as exc:
+            raise StorageError(f"task {task!r} version {record.version} no longer reads: {exc}") from None
+        if not record.matches(spec):
+            raise StorageError(f"task {task!r} version {record.version} does not match its manifest")
+        self._count("load_disk")
+        return spec
+
+    def _record_of(self, key: VersionKey) -> VersionRecord | None:
+        """Under the lock: the record of a version that is still served or still pinned."""
+        manifest = self._manifests.get(key[0])
+        record = manifest.version(key[1]) if manifest is not None else None
+        return record if record is not None else self._detached.get(key)
+
+    def _cache_get(self, key: VersionKey) -> PromptSpec | None:
+        spec = self._cache.get(key)
+        if spec is not None:
+            self._counts["load_host"] += 1
+        return spec
+
+    def _cache_put(self, key: VersionKey, spec: PromptSpec) -> None:
+        self._counts["evictions"] += self._cache.put(key, spec, self._pins.__contains__)
+
+    def _require_task(self, task: str) -> TaskManifest:
+        manifest = self._manifests.get(task)
+        if manifest is None:
+            raise UnknownTaskError(f"unknown task {task!r}")
+        return manifest
+
+    def _task_lock(self, task: str) -> threading.Lock:
+        return self._task_locks[zlib.crc32(str(task).encode()) % NUM_TASK_LOCKS]
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self._counts[name] += 1
+
+
+def _new_record(version: int, spec: PromptSpec, config_bytes: bytes, model_bytes: bytes) -> VersionRecord:
+    return VersionRecord(
+        version=version,
+        peft_type=spec.peft_type,
+        kind=spec.kind,
+        num_virtual_tokens=spec.num_virtual_tokens,
+        num_variants=spec.num_variants,
+        prompt_shape=tuple(spec.tensor.shape),
+        config_bytes=len(config_bytes),
+        model_bytes=len(model_bytes),
+        config_sha256=sha256_hex(config_bytes),
+        model_sha256=sha256_hex(model_bytes),
+        created_at=time.time(),
+    )
+
+
+def _task_info(manifest: TaskManifest) -> TaskInfo:
+    versions = tuple(
+        VersionInfo(
+            version=r.version,
+            peft_type=r.peft_type,
+            kind=r.kind,
+            num_virtual_tokens=r.num_virtual_tokens,
+            num_variants=r.num_variants,
+            bytes=r.num_bytes,
+            created_at=r.created_at,
+            is_active=r.version == manifest.active_version,
+        )
+        for r in manifest.versions
+    )
+    return TaskInfo(manifest.task, manifest.active_version, versions)

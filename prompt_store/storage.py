@@ -1,0 +1,221 @@
+"""The durable on-disk store of task versions (layout and crash-safety argument: docs/prompt_store.md).
+
+    <directory>/tasks/<task>/manifest.json          which versions exist, which is active (the commit point)
+    <directory>/tasks/<task>/v<N>/adapter_config.json, adapter_model.safetensors, meta.json
+    <directory>/staging/<random>/                   a version being written; never read
+    <directory>/trash/<random>/                     removed versions and deleted tasks on their way out
+
+Invariant: a version directory is complete before its name appears under tasks/, and a version is served only once
+a manifest naming it has atomically replaced the old manifest. Everything else is a leftover that scan() ignores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prompt_store.durable_io import fsync_dir, remove_tree, rename_synced, replace_file_atomically, write_file_synced
+from prompt_store.errors import StorageError
+from prompt_store.manifest import TaskManifest, VersionRecord, record_to_dict
+from prompt_store.peft_format import CONFIG_FILE, MODEL_FILE
+from prompt_store.task_names import is_valid_task_name
+
+MANIFEST_FILE = "manifest.json"
+META_FILE = "meta.json"  # the version's record, so a version directory describes itself to a human
+VERSION_DIR = re.compile(r"v([1-9][0-9]{0,9})")
+
+
+@dataclass
+class ScanResult:
+    manifests: dict[str, TaskManifest] = field(default_factory=dict)  # task -> committed, undamaged versions
+    problems: list[str] = field(default_factory=list)  # one line per damaged entry skipped
+    leftovers: list[Path] = field(default_factory=list)  # uncommitted entries discard_leftovers() removes
+
+
+class PromptStorage:
+    """Files of task versions under one directory. Not locked: the registry serializes writes to one task."""
+
+    def __init__(self, directory: Path | str):
+        self.directory = Path(directory)
+        self.tasks_dir = self.directory / "tasks"
+        self.staging_dir = self.directory / "staging"
+        self.trash_dir = self.directory / "trash"
+        for path in (self.tasks_dir, self.staging_dir, self.trash_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        fsync_dir(self.directory)
+
+    # ---- reading the catalogue -------------------------------------------------------------------------------
+    def scan(self) -> ScanResult:
+        """Every committed task from its manifest alone (plus one stat per file); damaged entries are reported."""
+        result = ScanResult()
+        result.leftovers += [*self._entries(self.staging_dir), *self._entries(self.trash_dir)]
+        for entry in sorted(os.scandir(self.tasks_dir), key=lambda e: e.name):
+            if not entry.is_dir(follow_symlinks=False) or not is_valid_task_name(entry.name):
+                result.problems.append(f"{entry.name!r} in tasks/ is not a task directory; ignored")
+                continue
+            self._scan_task(Path(entry.path), result)
+        return result
+
+    def discard_leftovers(self, result: ScanResult) -> None:
+        """Remove what interrupted writes left behind; nothing in `leftovers` is committed."""
+        for path in result.leftovers:
+            if path.is_dir() and not path.is_symlink():
+                remove_tree(path)
+            else:
+                path.unlink(missing_ok=True)
+
+    def read_version(self, task: str, record: VersionRecord) -> tuple[bytes, bytes]:
+        """(adapter_config.json, adapter_model.safetensors) bytes, checked against the record's checksums."""
+        version_dir = self._version_dir(task, record.version)
+        try:
+            config_bytes = (version_dir / CONFIG_FILE).read_bytes()
+            model_bytes = (version_dir / MODEL_FILE).read_bytes()
+        except OSError as exc:
+            raise StorageError(
+                f"task {task!r} version {record.version} cannot be read: {exc.strerror or exc}"
+            ) from None
+        is_intact = sha256_hex(config_bytes) == record.config_sha256 and sha256_hex(model_bytes) == record.model_sha256
+        if not is_intact:
+            raise StorageError(f"task {task!r} version {record.version} is damaged on disk (checksum mismatch)")
+        return config_bytes, model_bytes
+
+    # ---- writing -------------------------------------------------------------------------------------------
+    def create_task(self, manifest: TaskManifest, config_bytes: bytes, model_bytes: bytes) -> None:
+        """A new task appears whole: its directory (manifest and first version) is renamed into tasks/ at once."""
+        task, record = manifest.task, manifest.active
+        staging = self.staging_dir / uuid.uuid4().hex
+        try:
+            staging.mkdir()
+            self._write_version_files(staging / f"v{record.version}", record, config_bytes, model_bytes)
+            write_file_synced(staging / MANIFEST_FILE, manifest.to_json())
+            fsync_dir(staging)
+            target = self.tasks_dir / task
+            if target.exists():  # a task the registry skipped as damaged or unfit: the new upload replaces it
+                self._move_to_trash(target)
+            rename_synced(staging, target)
+        except OSError as exc:
+            remove_tree(staging)
+            raise StorageError(f"could not store task {task!r}: {exc.strerror or exc}") from None
+
+    def write_version(self, task: str, record: VersionRecord, config_bytes: bytes, model_bytes: bytes) -> None:
+        """Put a complete version directory in place; it is served only after commit() names it."""
+        staging = self.staging_dir / uuid.uuid4().hex
+        try:
+            self._write_version_files(staging, record, config_bytes, model_bytes)
+            target = self._version_dir(task, record.version)
+            if target.exists():  # an uncommitted leftover: the registry never writes a committed number twice
+                self._move_to_trash(target)
+            rename_synced(staging, target)
+        except OSError as exc:
+            remove_tree(staging)
+            raise StorageError(
+                f"could not store task {task!r} version {record.version}: {exc.strerror or exc}"
+            ) from None
+
+    def commit(self, manifest: TaskManifest) -> None:
+        """Atomically replace the task's manifest: the moment a change becomes durable."""
+        try:
+            replace_file_atomically(self.tasks_dir / manifest.task / MANIFEST_FILE, manifest.to_json())
+        except OSError as exc:
+            raise StorageError(f"could not update task {manifest.task!r}: {exc.strerror or exc}") from None
+
+    def remove_versions(self, task: str, versions: list[int]) -> None:
+        """Remove version directories that a committed manifest no longer names (best effort: leftovers otherwise)."""
+        for version in versions:
+            try:
+                self._move_to_trash(self._version_dir(task, version))
+            except OSError:
+                pass  # scan() finds it as an uncommitted leftover next start
+
+    def delete_task(self, task: str) -> None:
+        """Remove the task for good; the rename is the commit point, the rmtree only frees space."""
+        try:
+            self._move_to_trash(self.tasks_dir / task)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StorageError(f"could not delete task {task!r}: {exc.strerror or exc}") from None
+
+    # ---- helpers -------------------------------------------------------------------------------------------
+    def _scan_task(self, task_dir: Path, result: ScanResult) -> None:
+        task = task_dir.name
+        names = set(os.listdir(task_dir))
+        manifest = self._read_manifest(task_dir, names, result)
+        if manifest is None:
+            return  # without a valid manifest nothing here is provably uncommitted: leave it for a human
+        result.leftovers += [task_dir / name for name in _uncommitted_names(names, manifest)]
+        damaged = {r.version for r in manifest.versions if not self._version_intact(task_dir, r)}
+        if manifest.active_version in damaged:
+            result.problems.append(
+                f"task {task!r}: active version {manifest.active_version} files are missing or truncated; task skipped"
+            )
+            return
+        result.problems += [
+            f"task {task!r}: version {v} files are missing or truncated; skipped" for v in sorted(damaged)
+        ]
+        result.manifests[task] = manifest.without_versions(damaged)
+
+    def _read_manifest(self, task_dir: Path, names: set[str], result: ScanResult) -> TaskManifest | None:
+        task = task_dir.name
+        if MANIFEST_FILE not in names:
+            # never true of a task we wrote (it appears with its manifest, which is only ever replaced): damage
+            result.problems.append(f"task {task!r}: no {MANIFEST_FILE}; skipped")
+            return None
+        try:
+            manifest = TaskManifest.from_json((task_dir / MANIFEST_FILE).read_bytes())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            result.problems.append(f"task {task!r}: {MANIFEST_FILE} is damaged ({str(exc)[:100]}); skipped")
+            return None
+        if manifest.task != task:
+            result.problems.append(f"task {task!r}: {MANIFEST_FILE} names task {manifest.task!r}; skipped")
+            return None
+        return manifest
+
+    @staticmethod
+    def _version_intact(task_dir: Path, record: VersionRecord) -> bool:
+        # Sizes are checked with a stat (cheap); checksums only when the version is loaded.
+        version_dir = task_dir / f"v{record.version}"
+        try:
+            sizes = ((version_dir / CONFIG_FILE).stat().st_size, (version_dir / MODEL_FILE).stat().st_size)
+        except OSError:
+            return False
+        return sizes == (record.config_bytes, record.model_bytes)
+
+    @staticmethod
+    def _write_version_files(version_dir: Path, record: VersionRecord, config_bytes: bytes, model_bytes: bytes) -> None:
+        version_dir.mkdir()
+        write_file_synced(version_dir / CONFIG_FILE, config_bytes)
+        write_file_synced(version_dir / MODEL_FILE, model_bytes)
+        write_file_synced(version_dir / META_FILE, json.dumps(record_to_dict(record), indent=1).encode())
+        fsync_dir(version_dir)
+
+    def _version_dir(self, task: str, version: int) -> Path:
+        return self.tasks_dir / task / f"v{version}"
+
+    def _move_to_trash(self, path: Path) -> None:
+        target = self.trash_dir / uuid.uuid4().hex
+        rename_synced(path, target)
+        remove_tree(target)
+
+    @staticmethod
+    def _entries(directory: Path) -> list[Path]:
+        return [Path(entry.path) for entry in os.scandir(directory)]
+
+
+def _uncommitted_names(names: set[str], manifest: TaskManifest) -> list[str]:
+    """Version directories the manifest does not name, and temp files of interrupted manifest writes."""
+    committed = {f"v{record.version}" for record in manifest.versions}
+    return [
+        name
+        for name in names
+        if (VERSION_DIR.fullmatch(name) and name not in committed) or name.startswith(f"{MANIFEST_FILE}.tmp-")
+    ]
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

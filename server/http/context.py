@@ -1,0 +1,25 @@
+"""What every route handler needs, built once by `create_app` and reached through the request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from server.config import ServerConfig
+from server.engine.client import EngineClient
+from server.http.lifecycle import ServiceState
+from server.http.metrics import Metrics
+
+
+@dataclass(frozen=True)
+class AppContext:
+    config: ServerConfig
+    engine: EngineClient
+    service: ServiceState  # readiness, draining, requests in flight
+    metrics: Metrics
+
+
+async def get_context(request: Request) -> AppContext:
+    # async: FastAPI runs plain-function dependencies in its thread pool, a hop no request needs.
+    return request.app.state.context

@@ -1,0 +1,67 @@
+"""Pure ASGI middleware (no BaseHTTPMiddleware: it would buffer streams and hide client disconnects)."""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.http.errors import BodyTooLargeError
+from server.http.metrics import Metrics
+
+
+class BodySizeLimit:
+    """Refuses bodies over `max_body_bytes` (413) when the handler starts reading, so routing and auth come first.
+
+    A declared Content-Length over the limit is refused before a byte of the body is read; a chunked body is
+    refused as soon as the bytes received pass the limit.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        num_received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal num_received
+            if declared is not None and declared > self.max_body_bytes:
+                raise BodyTooLargeError(self.max_body_bytes)
+            message = await receive()
+            num_received += len(message.get("body", b""))
+            if num_received > self.max_body_bytes:
+                raise BodyTooLargeError(self.max_body_bytes)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+class RequestCounter:
+    """Counts `requests_total{route,status}`; `route` is the matched route's template, so its values are bounded."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                route = getattr(scope.get("route"), "path", "unmatched")
+                self.metrics.requests.labels(route, str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, counting_send)

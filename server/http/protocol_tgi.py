@@ -1,0 +1,86 @@
+"""Request and response bodies of the TGI-shaped `POST /v1/generate`."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from server.engine.errors import RequestValidationError
+from server.engine.request import RequestOutput, SamplingParams
+
+MAX_SEED = 2**63 - 1
+
+
+class GenerateParameters(BaseModel):
+    # TGI clients send every parameter, unset ones as null; null means "the default". Unknown fields are ignored.
+    max_new_tokens: int | None = Field(default=None, ge=1)
+    do_sample: bool | None = None
+    temperature: float | None = Field(default=None, gt=0)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=0)
+    repetition_penalty: float | None = Field(default=None, gt=0)
+    stop: list[str] | None = Field(default=None, max_length=4)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    return_full_text: bool | None = None
+
+    def to_sampling(self, max_new_tokens_limit: int) -> SamplingParams:
+        max_new_tokens = self.max_new_tokens or SamplingParams.max_new_tokens
+        if max_new_tokens > max_new_tokens_limit:
+            raise RequestValidationError(f"max_new_tokens must be <= {max_new_tokens_limit}, got {max_new_tokens}")
+        return build_sampling(
+            max_new_tokens=max_new_tokens,
+            do_sample=bool(self.do_sample),
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            repetition_penalty=self.repetition_penalty,
+            stop=tuple(self.stop or ()),
+            seed=self.seed,
+        )
+
+
+def build_sampling(**values) -> SamplingParams:
+    """SamplingParams from request values (None: the default); its own checks become 4xx validation errors."""
+    try:
+        return SamplingParams(**{name: value for name, value in values.items() if value is not None})
+    except ValueError as exc:
+        raise RequestValidationError(str(exc)) from None
+
+
+class GenerateRequest(BaseModel):
+    inputs: str
+    parameters: GenerateParameters = Field(default_factory=GenerateParameters)
+    stream: bool = False
+
+
+class GenerateDetails(BaseModel):
+    finish_reason: str  # length | eos_token | stop_sequence
+    generated_tokens: int
+    prompt_tokens: int  # the request's own tokens; virtual tokens are not counted
+    task: str | None
+    task_version: int | None
+
+    @classmethod
+    def of(cls, final: RequestOutput) -> GenerateDetails:
+        return cls(
+            finish_reason=final.finish_reason.value,
+            generated_tokens=final.num_generated_tokens,
+            prompt_tokens=final.num_prompt_tokens,
+            task=final.task,
+            task_version=final.task_version,
+        )
+
+
+class GenerateResponse(BaseModel):
+    generated_text: str
+    details: GenerateDetails
+
+
+class StreamToken(BaseModel):
+    id: int
+    text: str
+
+
+class StreamEvent(BaseModel):
+    token: StreamToken | None  # None only on a closing event that carries no token
+    generated_text: str | None = None  # set on the last event
+    details: GenerateDetails | None = None  # set on the last event

@@ -1,0 +1,122 @@
+"""OpenAI-compatible routes: `/v1/completions`, `/v1/chat/completions` and `/v1/models`."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from server.engine.client import SubmitRequest
+from server.engine.request import SamplingParams
+from server.http.context import AppContext, get_context
+from server.http.generation import Generation
+from server.http.protocol_openai import (
+    DEFAULT_COMPLETION_MAX_TOKENS,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatMessageOut,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    ModelCard,
+    ModelList,
+    Usage,
+    finish_reason_of,
+)
+from server.http.sse import EventStreamResponse, sse_event
+
+router = APIRouter()
+
+
+@router.get("/v1/models", response_model=ModelList)
+async def list_models(ctx: AppContext = Depends(get_context)) -> ModelList:
+    ctx.service.require_loaded()
+    base_id = ctx.config.base_model_id
+    tasks = await run_in_threadpool(ctx.engine.registry.list_tasks)
+    cards = [ModelCard(id=base_id, root=base_id, parent=None)]
+    cards += [ModelCard(id=task.task, root=task.task, parent=base_id) for task in tasks]
+    return ModelList(data=cards)
+
+
+@router.post("/v1/completions", response_model=CompletionResponse)
+async def completions(body: CompletionRequest, request: Request, ctx: AppContext = Depends(get_context)):
+    prompt = body.prompt_value()
+    sampling = body.to_sampling(body.max_tokens or DEFAULT_COMPLETION_MAX_TOKENS, ctx.config.max_new_tokens_limit)
+    request_id, model = f"cmpl-{uuid.uuid4().hex}", body.model or ctx.config.base_model_id
+    generation = Generation.start(ctx, request, _submit_request(ctx, prompt, sampling, model, request_id, body.subtask))
+    echo = prompt if body.echo and isinstance(prompt, str) else ""
+    if body.stream:
+        chunks = _completion_chunks(generation, request_id, model, echo, body.include_usage)
+        return EventStreamResponse(chunks, on_close=generation.close, is_openai=True)
+    completion = await generation.collect()
+    choice = CompletionChoice(text=echo + completion.text, finish_reason=finish_reason_of(completion.final))
+    return CompletionResponse(id=request_id, model=model, choices=[choice], usage=Usage.of(completion.final))
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
+async def chat_completions(body: ChatCompletionRequest, request: Request, ctx: AppContext = Depends(get_context)):
+    ctx.service.require_loaded()
+    prompt = ctx.engine.apply_chat_template([message.to_template() for message in body.messages])
+    # OpenAI's chat default is "until the context is full": the engine ends a sequence at the model's length.
+    max_tokens = body.requested_max_tokens or ctx.config.max_new_tokens_limit
+    sampling = body.to_sampling(max_tokens, ctx.config.max_new_tokens_limit)
+    request_id, model = f"chatcmpl-{uuid.uuid4().hex}", body.model or ctx.config.base_model_id
+    generation = Generation.start(ctx, request, _submit_request(ctx, prompt, sampling, model, request_id, body.subtask))
+    if body.stream:
+        chunks = _chat_chunks(generation, request_id, model, body.include_usage)
+        return EventStreamResponse(chunks, on_close=generation.close, is_openai=True)
+    completion = await generation.collect()
+    choice = ChatChoice(
+        message=ChatMessageOut(content=completion.text), finish_reason=finish_reason_of(completion.final)
+    )
+    return ChatCompletionResponse(id=request_id, model=model, choices=[choice], usage=Usage.of(completion.final))
+
+
+def _submit_request(
+    ctx: AppContext, prompt, sampling: SamplingParams, model: str, request_id: str, subtask: int
+) -> SubmitRequest:
+    task = None if model == ctx.config.base_model_id else model
+    return SubmitRequest(prompt=prompt, sampling=sampling, task=task, subtask=subtask, request_id=request_id)
+
+
+async def _completion_chunks(
+    generation: Generation, request_id: str, model: str, echo: str, include_usage: bool
+) -> AsyncIterator[bytes]:
+    created = int(time.time())
+
+    def chunk(text: str, finish_reason: str | None) -> bytes:
+        choice = CompletionChoice(text=text, finish_reason=finish_reason)
+        return sse_event(CompletionResponse(id=request_id, created=created, model=model, choices=[choice]))
+
+    if echo:
+        yield chunk(echo, None)
+    async for output in generation.outputs():
+        if output.new_text or output.finished:
+            yield chunk(output.new_text, finish_reason_of(output))
+    if include_usage:
+        usage = Usage.of(output)
+        yield sse_event(CompletionResponse(id=request_id, created=created, model=model, choices=[], usage=usage))
+
+
+async def _chat_chunks(
+    generation: Generation, request_id: str, model: str, include_usage: bool
+) -> AsyncIterator[bytes]:
+    created = int(time.time())
+
+    def chunk(delta: dict, finish_reason: str | None = None, usage: Usage | None = None) -> bytes:
+        choices = [] if usage else [ChatChunkChoice(delta=delta, finish_reason=finish_reason)]
+        return sse_event(ChatCompletionChunk(id=request_id, created=created, model=model, choices=choices, usage=usage))
+
+    yield chunk({"role": "assistant", "content": ""})
+    async for output in generation.outputs():
+        if output.new_text:
+            yield chunk({"content": output.new_text})
+    yield chunk({}, finish_reason_of(output))
+    if include_usage:
+        yield chunk({}, usage=Usage.of(output))

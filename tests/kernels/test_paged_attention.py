@@ -1,0 +1,129 @@
+"""The paged-attention contract: the torch reference against a per-token spelling of it, the dispatcher's routing,
+and the argument checks shared by both attention kernels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kernels.paged_decode_attention as decode_module
+import kernels.paged_prefill_attention as prefill_module
+from kernels.paged_attention import (
+    build_plan,
+    paged_attention,
+    paged_attention_reference,
+    paged_attention_triton,
+)
+
+
+def _plan(batch):
+    return build_plan(batch.block_tables, batch.prefix_lens, batch.own_lens, batch.query_start_loc,
+                      batch.k_cache.shape[1])
+
+
+@pytest.mark.parametrize("scenario", ["mixed", "decode"])
+@pytest.mark.parametrize("group, block_size", [(1, 1), (2, 5), (3, 4)])
+def test_reference_matches_naive(make_batch, naive_attention, scenario, group, block_size):
+    batch = make_batch(scenario, block_size=block_size, num_kv_heads=2, group=group, head_dim=6, seed=group)
+    expected = naive_attention(*batch.args())
+    rows = ~expected.isnan().flatten(1).all(1)  # rows of sequences with queries
+    out = paged_attention_reference(*batch.args())
+    torch.testing.assert_close(out[rows].double(), expected[rows], atol=1e-5, rtol=1e-5)
+
+
+def test_reference_decode_padding_never_reads_other_sequences(make_batch, naive_attention):
+    """Regression: the plan padded short decode rows with slot 0, and SDPA multiplies masked values by 0, so an inf
+    in whatever sequence owned slot 0 turned every shorter decode row of the batch into NaN."""
+    batch = make_batch("decode", block_size=4, num_kv_heads=1, group=2, head_dim=8)
+    batch.k_cache[0, 0] = float("inf")
+    batch.v_cache[0, 0] = float("inf")
+    expected = naive_attention(*batch.args())
+    finite_rows = ~expected.isnan().flatten(1).any(1)  # sequences that do not own slot 0 themselves
+    assert finite_rows.sum() >= len(finite_rows) - 1
+    out = paged_attention_reference(*batch.args())
+    torch.testing.assert_close(out[finite_rows].double(), expected[finite_rows], atol=1e-5, rtol=1e-5)
+
+
+def test_dispatcher_runs_the_reference_for_cpu_tensors(make_batch, monkeypatch):
+    def no_triton(*args, **kwargs):
+        raise AssertionError("CPU tensors must not reach a Triton kernel")
+
+    monkeypatch.setattr(decode_module, "paged_decode_attention_triton", no_triton)
+    monkeypatch.setattr(prefill_module, "paged_prefill_attention_triton", no_triton)
+    batch = make_batch("mixed", block_size=3, num_kv_heads=1, group=2, head_dim=8)
+    expected = paged_attention_reference(*batch.args())
+    torch.testing.assert_close(paged_attention(*batch.args()), expected, rtol=0, atol=0)
+    torch.testing.assert_close(paged_attention(*batch.args(), plan=_plan(batch)), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("scenario, hint, launched", [
+    ("mixed", {}, {"decode", "prefill"}),
+    ("mixed", {"plan": True}, {"decode", "prefill"}),
+    ("mixed", {"max_query_len": 9}, {"decode", "prefill"}),
+    ("decode", {"plan": True}, {"decode"}),
+    ("decode", {"max_query_len": 1}, {"decode"}),
+    ("prefill", {"plan": True}, {"prefill"}),
+])
+def test_triton_path_routes_by_host_hints(make_batch, tolerances, monkeypatch, scenario, hint, launched):
+    calls = set()
+    for module, name, kind in ((decode_module, "paged_decode_attention_triton", "decode"),
+                               (prefill_module, "paged_prefill_attention_triton", "prefill")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _real=real, _kind=kind, **k: calls.add(_kind) or _real(*a, **k))
+    batch = make_batch(scenario, block_size=5, num_kv_heads=2, group=3, head_dim=8, seed=2)
+    if hint.get("plan"):
+        hint = {"plan": _plan(batch)}
+    out = paged_attention_triton(*batch.args(), **hint)
+    assert calls == launched
+    torch.testing.assert_close(out, paged_attention_reference(*batch.args()), **tolerances[torch.float32])
+
+
+LAUNCHERS = [decode_module.paged_decode_attention_triton, prefill_module.paged_prefill_attention_triton]
+
+
+def _with(args: tuple, index: int, value) -> tuple:
+    args = list(args)
+    args[index] = value
+    return tuple(args)
+
+
+BAD_ARGUMENTS = [
+    # (argument index or "out", how to break it, message)
+    (0, lambda t: t[0], "query must be"),
+    (0, lambda t: t.long(), "query must be"),
+    (0, lambda t: t.half(), "cache dtype"),
+    (0, lambda t: t[:, :5], "not a multiple"),
+    (0, lambda t: t[..., :-1], "head_dim"),
+    (1, lambda t: t[0], "k_cache must be"),
+    (2, lambda t: t.half(), "v_cache"),
+    (3, lambda t: t.float(), "block_tables must be"),
+    (3, lambda t: t[0], "block_tables must be"),
+    (4, lambda t: t[:-1], "prefix_lens must have shape"),
+    (5, lambda t: t.float(), "own_lens must be"),
+    (6, lambda t: t[:-1], "query_start_loc must have shape"),
+    ("out", lambda t: t[:-1], "out must be"),
+    ("out", lambda t: t.double(), "out must be"),
+]
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("index, breaks, message", BAD_ARGUMENTS)
+def test_launchers_reject_bad_arguments(make_batch, launcher, index, breaks, message):
+    batch = make_batch("mixed", block_size=4, num_kv_heads=2, group=3, head_dim=8)
+    args, kwargs = batch.args(), {}
+    if index == "out":
+        kwargs["out"] = breaks(batch.poisoned_out())
+    else:
+        args = _with(args, index, breaks(args[index]))
+    with pytest.raises(ValueError, match=message):
+        launcher(*args, **kwargs)
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS, ids=lambda f: f.__name__)
+def test_launchers_reject_mixed_devices_and_cpu_without_interpreter(make_batch, monkeypatch, launcher):
+    batch = make_batch("mixed", block_size=4, num_kv_heads=2, group=3, head_dim=8)
+    with pytest.raises(ValueError, match="one device"):
+        launcher(*_with(batch.args(), 3, batch.block_tables.to("meta")))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        launcher(*batch.args())

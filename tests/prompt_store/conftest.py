@@ -1,0 +1,64 @@
+"""Fixtures: every supported PEFT adapter type, saved by PEFT from tiny random Llama-GQA and GPT-2 models."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+from peft_adapter_factory import BASE_MODEL_ID, BASE_MODELS, SHAPES, make_adapter, peft_configs, word_level_tokenizer
+
+from prompt_store.registry import PromptRegistry
+from prompt_store.storage import PromptStorage
+from server.config import StoreConfig
+
+
+@pytest.fixture(scope="session")
+def adapters(tmp_path_factory):
+    """name ("llama/prefix", ...) -> SavedAdapter, for every model and adapter kind."""
+    root = tmp_path_factory.mktemp("adapters")
+    configs = peft_configs(word_level_tokenizer(root / "tokenizer"))
+    saved = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for model_name in BASE_MODELS:
+            for kind, make_config in configs.items():
+                folder = root / model_name / kind
+                saved[f"{model_name}/{kind}"] = make_adapter(model_name, kind, make_config, folder)
+    return saved
+
+
+@pytest.fixture(scope="session")
+def second_adapters(tmp_path_factory):
+    """A second llama adapter per kind (other seed): a task's next version must differ from its first."""
+    root = tmp_path_factory.mktemp("adapters2")
+    configs = peft_configs(word_level_tokenizer(root / "tokenizer"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {
+            f"llama/{kind}": make_adapter("llama", kind, configs[kind], root / kind, seed=1)
+            for kind in ("prompt_tuning_random", "prefix", "multitask")
+        }
+
+
+@pytest.fixture
+def llama_shape():
+    return SHAPES["llama"]
+
+
+@pytest.fixture
+def store_config(tmp_path):
+    return StoreConfig(directory=tmp_path / "store", versions_kept=2, host_cache_tasks=8)
+
+
+@pytest.fixture
+def make_registry(store_config, llama_shape):
+    """make_registry(config=None, shape=None, durable=True): a registry over the test's store directory, loaded."""
+
+    def make(config: StoreConfig | None = None, shape=None, durable: bool = True) -> PromptRegistry:
+        config = config or store_config
+        storage = PromptStorage(config.directory) if durable else None
+        registry = PromptRegistry(shape or llama_shape, config, BASE_MODEL_ID, storage)
+        registry.load()
+        return registry
+
+    return make

@@ -1,0 +1,19 @@
+"""The command line's own failures: bad configuration exits 2, client errors exit 1 with the reason."""
+
+from __future__ import annotations
+
+from test_http_fake_engine import free_port_url
+
+from server.cli import main
+
+
+def test_invalid_serve_configuration_exits_2_with_the_reason(capsys):
+    assert main(["serve", "--port", "70000"]) == 2
+    assert "port must be in 1..65535" in capsys.readouterr().err
+
+
+def test_client_commands_report_what_failed(tmp_path, capsys):
+    assert main(["upload", "geo", str(tmp_path), "--url", free_port_url(), "--admin-token", "some-token-value"]) == 1
+    assert f"cannot read {tmp_path / 'adapter_config.json'}" in capsys.readouterr().err
+    assert main(["list", "--url", free_port_url(), "--admin-token", "some-token-value"]) == 1
+    assert "cannot reach http://127.0.0.1:" in capsys.readouterr().err

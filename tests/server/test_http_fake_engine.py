@@ -1,0 +1,301 @@
+"""An in-process stand-in for EngineClient, for HTTP-shape tests only (the e2e tests use the real engine).
+
+Each request generates `max_new_tokens` tokens, id 100+i and text " w{i}", stopping early on a stop string.
+The tests below keep the fake honest: it must offer the real EngineClient's methods with the same parameters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import httpx
+
+from prompt_store.errors import InvalidPromptError, PromptTooLargeError, UnknownTaskError
+from prompt_store.registry_types import RegistryStats, TaskInfo, UploadResult, VersionInfo
+from prompt_store.spec import PromptKind
+from server.config import ServerConfig
+from server.engine.client import EngineClient, RequestStream, SubmitRequest
+from server.engine.errors import EngineNotReadyError, QueueFullError, RequestValidationError
+from server.engine.request import EngineStats, FinishReason, RequestOutput, RequestTimings
+from server.http.app import create_app
+
+BASE_MODEL_ID = "fake-base"
+ADMIN_TOKEN = "test-admin-token"
+MAX_FAKE_VIRTUAL_TOKENS = 64
+
+
+class FakeRegistry:
+    """Tasks in a dict; an upload is `adapter_config` JSON with `peft_type` and `num_virtual_tokens`."""
+
+    def __init__(self):
+        self.tasks: dict[str, list[VersionInfo]] = {}
+        self.loads_by_tier = {"host": 0, "disk": 0}
+
+    def upload(self, task: str, config_bytes: bytes, model_bytes: bytes) -> UploadResult:
+        try:
+            config = json.loads(config_bytes)
+            peft_type, num_virtual_tokens = config["peft_type"], int(config["num_virtual_tokens"])
+        except (ValueError, KeyError) as exc:
+            raise InvalidPromptError(f"adapter_config.json is not a PEFT config: {exc}") from None
+        if num_virtual_tokens > MAX_FAKE_VIRTUAL_TOKENS:
+            raise PromptTooLargeError(f"num_virtual_tokens {num_virtual_tokens} exceeds {MAX_FAKE_VIRTUAL_TOKENS}")
+        versions = self.tasks.setdefault(task, [])
+        kind = PromptKind.PREFIX_KV if peft_type == "PREFIX_TUNING" else PromptKind.EMBEDDING
+        size = len(config_bytes) + len(model_bytes)
+        info = VersionInfo(len(versions) + 1, peft_type, kind, num_virtual_tokens, 1, size, time.time(), True)
+        versions[:] = [_with_active(v, False) for v in versions] + [info]
+        return UploadResult(task, info.version, len(versions) == 1, peft_type, kind, num_virtual_tokens, size)
+
+    def list_tasks(self) -> list[TaskInfo]:
+        return [self.get_task(task) for task in sorted(self.tasks)]
+
+    def get_task(self, task: str) -> TaskInfo:
+        if task not in self.tasks:
+            raise UnknownTaskError(f"unknown task {task!r}")
+        versions = tuple(self.tasks[task])
+        return TaskInfo(task, next(v.version for v in versions if v.is_active), versions)
+
+    def activate(self, task: str, version: int) -> TaskInfo:
+        versions = self.get_task(task).versions
+        if version not in [v.version for v in versions]:
+            raise UnknownTaskError(f"task {task!r} has no version {version}")
+        self.tasks[task] = [_with_active(v, v.version == version) for v in versions]
+        return self.get_task(task)
+
+    def delete(self, task: str) -> None:
+        self.get_task(task)
+        del self.tasks[task]
+
+    def stats(self) -> RegistryStats:
+        return RegistryStats(len(self.tasks), 0, 0, dict(self.loads_by_tier), 0, 0, 0, 3)
+
+
+def _with_active(info: VersionInfo, is_active: bool) -> VersionInfo:
+    return VersionInfo(**{**info.__dict__, "is_active": is_active})
+
+
+class FakeStream(RequestStream):
+    def __init__(self, engine: FakeEngine, request: SubmitRequest, num_prompt_tokens: int, task_version: int | None):
+        self.request_id = request.request_id or uuid.uuid4().hex
+        self.num_prompt_tokens = num_prompt_tokens
+        self.task = request.task
+        self.task_version = task_version
+        self.request = request
+        self.is_cancelled = False
+        self._engine = engine
+        self._queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
+        self._is_done = False
+        self._producer = asyncio.get_running_loop().create_task(self._produce())
+
+    async def __anext__(self) -> RequestOutput:
+        if self._is_done:
+            raise StopAsyncIteration
+        output = await self._queue.get()
+        self._is_done = output.finished
+        return output
+
+    def cancel(self) -> None:
+        if self._producer.done():
+            return
+        self.is_cancelled = True
+        self._producer.cancel()
+        self._queue.put_nowait(self._output((), "", FinishReason.ABORTED, self._num_generated))
+
+    async def _produce(self) -> None:
+        sampling = self.request.sampling
+        self._num_generated, text = 0, ""
+        while self._num_generated < sampling.max_new_tokens:
+            while self._engine.is_paused:
+                await asyncio.sleep(0.002)
+            new_ids = tuple(range(100 + self._num_generated, 100 + self._num_generated + self._engine.tokens_per_step))
+            new_ids = new_ids[: sampling.max_new_tokens - self._num_generated]
+            new_text = "".join(f" w{token_id - 100}" for token_id in new_ids)
+            self._num_generated += len(new_ids)
+            stop_at = min((i for s in sampling.stop if (i := (text + new_text).find(s)) >= 0), default=None)
+            if stop_at is not None:
+                self._queue.put_nowait(self._output(new_ids, (text + new_text)[len(text) : stop_at], FinishReason.STOP))
+                return
+            text += new_text
+            is_last = self._num_generated == sampling.max_new_tokens
+            self._queue.put_nowait(self._output(new_ids, new_text, FinishReason.LENGTH if is_last else None))
+            await asyncio.sleep(0)
+
+    def _output(self, new_ids, new_text, finish_reason, num_generated=None) -> RequestOutput:
+        now = time.monotonic()
+        finished = finish_reason is not None
+        timings = RequestTimings(now - 0.01, now - 0.008, now - 0.005, now) if finished else None
+        return RequestOutput(
+            request_id=self.request_id,
+            new_token_ids=new_ids,
+            new_text=new_text,
+            finished=finished,
+            finish_reason=finish_reason,
+            num_prompt_tokens=self.num_prompt_tokens,
+            num_generated_tokens=self._num_generated if num_generated is None else num_generated,
+            task=self.task,
+            task_version=self.task_version,
+            timings=timings,
+        )
+
+
+class FakeEngine(EngineClient):
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.base_model_id = config.base_model_id
+        self.registry = FakeRegistry()
+        self.is_loaded = True
+        self.is_running = True  # the engine thread is alive
+        self.is_draining = False
+        self.is_paused = False  # hold every request's next token until cleared
+        self.tokens_per_step = 1
+        self.queue_is_full = False
+        self.streams: list[FakeStream] = []
+        self.batch_sizes: list[int] = []
+        self.num_starts = self.num_shutdowns = 0
+
+    def start(self) -> None:
+        self.num_starts += 1
+
+    def is_ready(self) -> bool:
+        return self.is_loaded and self.is_running and not self.is_draining
+
+    def is_alive(self) -> bool:
+        return self.is_running
+
+    def stats(self) -> EngineStats:
+        running = sum(1 for stream in self.streams if not stream._producer.done())
+        sizes, self.batch_sizes = tuple(self.batch_sizes), []
+        return EngineStats(running, 0, 90, 100, 2, 1, 7, sizes)
+
+    def tokenize(self, text: str) -> list[int]:
+        return [1] + [ord(c) for c in text]
+
+    def apply_chat_template(self, messages: list[dict]) -> str:
+        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+
+    def submit(self, request: SubmitRequest, loop: asyncio.AbstractEventLoop) -> RequestStream:
+        if not self.is_ready():
+            raise EngineNotReadyError("not ready")
+        if self.queue_is_full:
+            raise QueueFullError("queue full", retry_after_s=3)
+        if not request.prompt:
+            raise RequestValidationError("the prompt is empty")
+        prompt_ids = self.tokenize(request.prompt) if isinstance(request.prompt, str) else request.prompt
+        version = (
+            None if request.task in (None, self.base_model_id) else self.registry.get_task(request.task).active_version
+        )
+        stream = FakeStream(self, request, len(prompt_ids), version)
+        self.streams.append(stream)
+        return stream
+
+    def begin_drain(self) -> None:
+        self.is_draining = True
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        return True
+
+    def shutdown(self) -> None:
+        self.num_shutdowns += 1
+
+
+def fake_config(**overrides) -> ServerConfig:
+    values = {"model_id": BASE_MODEL_ID, "admin_token": ADMIN_TOKEN} | overrides
+    return ServerConfig(**values)
+
+
+def run_with_client(test: Callable[[httpx.AsyncClient, FakeEngine], Awaitable[None]], **config_overrides) -> None:
+    """Run `test(client, engine)` against a fresh app on a fresh event loop (no lifespan: the fake is ready)."""
+    engine = FakeEngine(fake_config(**config_overrides))
+    app = create_app(engine.config, engine)
+
+    async def main() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            await test(client, engine)
+
+    asyncio.run(main())
+
+
+def sse_payloads(body: str) -> list:
+    """The `data:` payloads of an event stream, JSON-decoded except the final "[DONE]"."""
+    payloads = [line[len("data: ") :] for line in body.split("\n\n") if line.startswith("data: ")]
+    return [payload if payload == "[DONE]" else json.loads(payload) for payload in payloads]
+
+
+def _public_methods(cls: type) -> dict[str, inspect.Signature]:
+    return {name: inspect.signature(fn) for name, fn in vars(cls).items() if callable(fn) and not name.startswith("_")}
+
+
+def test_fake_engine_offers_every_engine_client_method_with_the_same_parameters():
+    real, fake = _public_methods(EngineClient), _public_methods(FakeEngine)
+    used_by_http = {
+        "start",
+        "is_ready",
+        "is_alive",
+        "stats",
+        "tokenize",
+        "apply_chat_template",
+        "submit",
+        "begin_drain",
+        "shutdown",
+    }
+    assert used_by_http <= real.keys()
+    for name in used_by_http:
+        assert list(fake[name].parameters) == list(real[name].parameters), name
+
+
+def test_fake_stream_offers_the_request_stream_interface():
+    for name in ("__anext__", "cancel"):
+        assert list(inspect.signature(getattr(FakeStream, name)).parameters) == list(
+            inspect.signature(getattr(RequestStream, name)).parameters
+        )
+
+
+async def call_asgi(app, method: str, path: str, body: bytes, headers: dict[str, str], client_gone: asyncio.Event):
+    """Call the app as the server would; the client disconnects once `client_gone` is set.
+
+    Returns (messages sent, number of receive() calls)."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "client": ("127.0.0.1", 5000),
+        "server": ("test", 80),
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+    }
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict] = []
+    num_receives = 0
+
+    async def receive() -> dict:
+        nonlocal num_receives
+        num_receives += 1
+        if pending:
+            return pending.pop()
+        await client_gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await asyncio.wait_for(app(scope, receive, send), timeout=10)
+    return sent, num_receives
+
+
+def free_port_url() -> str:
+    """A loopback URL nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
