@@ -13,9 +13,14 @@ class MemoryStorage:
     def __init__(self) -> None:
         self._files: dict[tuple[str, int], tuple[bytes, bytes]] = {}  # (task, version) -> (config, model)
         self._manifests: dict[str, TaskManifest] = {}
+        self._marks: dict[str, int] = {}  # deleted task -> its highest version
 
     def scan(self) -> ScanResult:
-        return ScanResult(manifests=dict(self._manifests))
+        highest = self._marks | {task: manifest.latest_version for task, manifest in self._manifests.items()}
+        return ScanResult(manifests=dict(self._manifests), highest_versions=highest)
+
+    def close(self) -> None:
+        pass
 
     def discard_leftovers(self, result: ScanResult) -> None:
         pass
@@ -40,7 +45,8 @@ class MemoryStorage:
         for version in versions:
             self._files.pop((task, version), None)
 
-    def delete_task(self, task: str) -> None:
+    def delete_task(self, task: str, highest_version: int) -> None:
+        self._marks[task] = max(self._marks.get(task, 0), highest_version)
         self._manifests.pop(task, None)
         for key in [key for key in self._files if key[0] == task]:
             del self._files[key]

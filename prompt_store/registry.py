@@ -11,6 +11,7 @@ pinned versions' specs into the host cache (which never evicts pinned entries) b
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import zlib
@@ -37,6 +38,7 @@ from server.config import StoreConfig
 __all__ = ["PromptRegistry", "RegistryStats", "TaskInfo", "TaskVersionRef", "UploadResult", "VersionInfo"]
 
 NUM_TASK_LOCKS = 64
+log = logging.getLogger("promptswap.prompt_store")
 UNLIMITED = 1 << 62
 
 
@@ -59,13 +61,17 @@ class PromptRegistry:
         self._manifests: dict[str, TaskManifest] = {}  # the served catalogue
         self._pins: dict[VersionKey, int] = {}  # refs held per version
         self._detached: dict[VersionKey, VersionRecord] = {}  # pinned versions of deleted tasks
-        self._retired_versions: dict[str, int] = {}  # deleted task -> its highest version: never reused
+        # task -> the highest version it ever had (deleted tasks, skipped entries, pruned versions included, also
+        # across restarts): new versions are numbered above it, so (task, version) never names two prompts.
+        self._version_floor: dict[str, int] = {}
+        self._num_damaged_entries = 0  # entries load() skipped and reported
         self._cache = HostCache(config.host_cache_tasks)
         self._counts: Counter[str] = Counter()
 
     # ---- start-up ------------------------------------------------------------------------------------------
     def load(self) -> list[str]:
         """Read the store's manifests (no tensors); returns one line per damaged or unfit entry skipped."""
+        started_at = time.perf_counter()
         result = self._storage.scan()
         self._storage.discard_leftovers(result)
         problems = list(result.problems)
@@ -76,7 +82,16 @@ class PromptRegistry:
                 manifests[task] = fitting
         with self._lock:
             self._manifests.update(manifests)
+            for task, version in result.highest_versions.items():
+                self._version_floor[task] = max(self._version_floor.get(task, 0), version)
+            self._num_damaged_entries = len(problems)
+        elapsed = time.perf_counter() - started_at
+        log.info("prompt store: %d tasks loaded in %.2f s, %d entries skipped", len(manifests), elapsed, len(problems))
         return problems
+
+    def close(self) -> None:
+        """Release the store directory (its lock) for another process; the registry is unusable afterwards."""
+        self._storage.close()
 
     def _fitting(self, manifest: TaskManifest, problems: list[str]) -> TaskManifest | None:
         task = manifest.task
@@ -113,7 +128,7 @@ class PromptRegistry:
         with self._lock:
             old = self._manifests.get(task)
             latest = old.latest_version if old is not None else 0
-            version = max(latest, self._retired_versions.get(task, 0)) + 1
+            version = max(latest, self._version_floor.get(task, 0)) + 1
         record = _new_record(version, spec, config_bytes, model_bytes)
         if old is None:
             manifest = TaskManifest(task, version, (record,))
@@ -233,11 +248,11 @@ class PromptRegistry:
             with self._lock:
                 manifest = self._require_task(task)
                 del self._manifests[task]
-                self._retired_versions[task] = max(self._retired_versions.get(task, 0), manifest.latest_version)
+                highest = self._version_floor[task] = max(self._version_floor.get(task, 0), manifest.latest_version)
                 pinned = self._detach_versions(manifest)
             self._keep_pinned_in_cache(task, pinned)
             try:
-                self._storage.delete_task(task)
+                self._storage.delete_task(task, highest)
             except StorageError:
                 with self._lock:
                     self._manifests[task] = manifest
@@ -296,6 +311,7 @@ class PromptRegistry:
                 uploads_rejected=self._counts["uploads_rejected"],
                 uploads_failed=self._counts["uploads_failed"],
                 evictions=self._counts["evictions"],
+                num_damaged_entries=self._num_damaged_entries,
             )
 
     # ---- helpers -------------------------------------------------------------------------------------------

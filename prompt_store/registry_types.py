@@ -70,3 +70,4 @@ class RegistryStats:
     uploads_rejected: int  # invalid name or files (4xx)
     uploads_failed: int  # valid upload the store could not write (5xx)
     evictions: int  # host cache evictions
+    num_damaged_entries: int = 0  # store entries load() skipped as damaged or unfit (each also logged)

@@ -4,6 +4,8 @@
     <directory>/tasks/<task>/v<N>/adapter_config.json, adapter_model.safetensors, meta.json
     <directory>/staging/<random>/                   a version being written; never read
     <directory>/trash/<random>/                     removed versions and deleted tasks on their way out
+    <directory>/version_marks.json                  the highest version each deleted task reached
+    <directory>/promptswap.lock                     flock'd by the one process serving the store
 
 Invariant: a version directory is complete before its name appears under tasks/, and a version is served only once
 a manifest naming it has atomically replaced the old manifest. Everything else is a leftover that scan() ignores.
@@ -15,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +26,13 @@ from prompt_store.durable_io import fsync_dir, remove_tree, rename_synced, repla
 from prompt_store.errors import StorageError
 from prompt_store.manifest import TaskManifest, VersionRecord, record_to_dict
 from prompt_store.peft_format import CONFIG_FILE, MODEL_FILE
+from prompt_store.store_lock import StoreLock
 from prompt_store.task_names import is_valid_task_name
 
 MANIFEST_FILE = "manifest.json"
 META_FILE = "meta.json"  # the version's record, so a version directory describes itself to a human
+MARKS_FILE = "version_marks.json"
+MARKS_FORMAT = 1
 VERSION_DIR = re.compile(r"v([1-9][0-9]{0,9})")
 
 
@@ -35,25 +41,48 @@ class ScanResult:
     manifests: dict[str, TaskManifest] = field(default_factory=dict)  # task -> committed, undamaged versions
     problems: list[str] = field(default_factory=list)  # one line per damaged entry skipped
     leftovers: list[Path] = field(default_factory=list)  # uncommitted entries discard_leftovers() removes
+    # task -> the highest version number the store has used for it: deleted tasks, skipped (damaged or unfit)
+    # entries and dropped versions included. New versions are numbered above it, so a number never names two prompts.
+    highest_versions: dict[str, int] = field(default_factory=dict)
 
 
 class PromptStorage:
-    """Files of task versions under one directory. Not locked: the registry serializes writes to one task."""
+    """Files of task versions under one directory, which this process locks (one process per store).
+
+    Not locked per task: the registry serializes writes to one task. Deletes of different tasks may run at once;
+    `_marks_lock` orders their updates of the version marks file.
+    """
 
     def __init__(self, directory: Path | str):
         self.directory = Path(directory)
+        self._store_lock = StoreLock(self.directory)  # raises StoreLockedError if another process has the store
         self.tasks_dir = self.directory / "tasks"
         self.staging_dir = self.directory / "staging"
         self.trash_dir = self.directory / "trash"
-        for path in (self.tasks_dir, self.staging_dir, self.trash_dir):
-            path.mkdir(parents=True, exist_ok=True)
-        fsync_dir(self.directory)
+        try:
+            for path in (self.tasks_dir, self.staging_dir, self.trash_dir):
+                path.mkdir(parents=True, exist_ok=True)
+            fsync_dir(self.directory)
+        except OSError as exc:
+            self._store_lock.release()
+            raise StorageError(f"cannot open the prompt store {self.directory}: {exc.strerror or exc}") from None
+        self._marks_lock = threading.Lock()
+        self._marks, self._marks_problem = self._read_marks()
+
+    def close(self) -> None:
+        """Unlock the directory (the last store of this process on it); the object is unusable afterwards."""
+        self._store_lock.release()
 
     # ---- reading the catalogue -------------------------------------------------------------------------------
     def scan(self) -> ScanResult:
         """Every committed task from its manifest alone (plus one stat per file); damaged entries are reported."""
         result = ScanResult()
         result.leftovers += [*self._entries(self.staging_dir), *self._entries(self.trash_dir)]
+        result.leftovers += [p for p in self._entries(self.directory) if p.name.startswith(f"{MARKS_FILE}.tmp-")]
+        if self._marks_problem:
+            result.problems.append(self._marks_problem)
+        with self._marks_lock:
+            result.highest_versions.update(self._marks)
         for entry in sorted(os.scandir(self.tasks_dir), key=lambda e: e.name):
             if not entry.is_dir(follow_symlinks=False) or not is_valid_task_name(entry.name):
                 result.problems.append(f"{entry.name!r} in tasks/ is not a task directory; ignored")
@@ -132,12 +161,15 @@ class PromptStorage:
             except OSError:
                 pass  # scan() finds it as an uncommitted leftover next start
 
-    def delete_task(self, task: str) -> None:
-        """Remove the task for good; the rename is the commit point, the rmtree only frees space."""
+    def delete_task(self, task: str, highest_version: int) -> None:
+        """Remove the task for good; the rename is the commit point, the rmtree only frees space.
+
+        `highest_version` is recorded first, so a task re-created after a restart continues the numbering.
+        """
         try:
-            self._move_to_trash(self.tasks_dir / task)
-        except FileNotFoundError:
-            return
+            self._record_mark(task, highest_version)
+            if (self.tasks_dir / task).exists():
+                self._move_to_trash(self.tasks_dir / task)
         except OSError as exc:
             raise StorageError(f"could not delete task {task!r}: {exc.strerror or exc}") from None
 
@@ -147,7 +179,12 @@ class PromptStorage:
         names = set(os.listdir(task_dir))
         manifest = self._read_manifest(task_dir, names, result)
         if manifest is None:
-            return  # without a valid manifest nothing here is provably uncommitted: leave it for a human
+            # Skipped, and left for a human: nothing here is provably uncommitted. An upload that replaces it is
+            # numbered above every version directory it holds.
+            numbers = [int(match[1]) for match in map(VERSION_DIR.fullmatch, names) if match]
+            self._raise_highest(result, task, max(numbers, default=0))
+            return
+        self._raise_highest(result, task, manifest.latest_version)  # damaged versions dropped below still count
         result.leftovers += [task_dir / name for name in _uncommitted_names(names, manifest)]
         damaged = {r.version for r in manifest.versions if not self._version_intact(task_dir, r)}
         if manifest.active_version in damaged:
@@ -193,6 +230,34 @@ class PromptStorage:
         write_file_synced(version_dir / MODEL_FILE, model_bytes)
         write_file_synced(version_dir / META_FILE, json.dumps(record_to_dict(record), indent=1).encode())
         fsync_dir(version_dir)
+
+    @staticmethod
+    def _raise_highest(result: ScanResult, task: str, version: int) -> None:
+        if version > result.highest_versions.get(task, 0):
+            result.highest_versions[task] = version
+
+    def _read_marks(self) -> tuple[dict[str, int], str | None]:
+        """The version marks file: ({task: highest version}, None), or ({}, why it was ignored)."""
+        try:
+            body = json.loads((self.directory / MARKS_FILE).read_bytes())
+        except FileNotFoundError:
+            return {}, None
+        except (OSError, ValueError) as exc:
+            return {}, f"{MARKS_FILE} is damaged ({str(exc)[:100]}); ignored"
+        is_known_format = isinstance(body, dict) and body.get("format") == MARKS_FORMAT
+        marks = body.get("highest_versions") if is_known_format else None
+        if not isinstance(marks, dict) or not all(is_valid_task_name(k) and type(v) is int for k, v in marks.items()):
+            return {}, f"{MARKS_FILE} is damaged (unexpected content); ignored"
+        return marks, None
+
+    def _record_mark(self, task: str, version: int) -> None:
+        with self._marks_lock:
+            if self._marks.get(task, 0) >= version:
+                return
+            marks = self._marks | {task: version}
+            body = {"format": MARKS_FORMAT, "highest_versions": dict(sorted(marks.items()))}
+            replace_file_atomically(self.directory / MARKS_FILE, json.dumps(body, indent=1).encode())
+            self._marks = marks
 
     def _version_dir(self, task: str, version: int) -> Path:
         return self.tasks_dir / task / f"v{version}"

@@ -12,6 +12,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from prompt_store.store_lock import StoreLock, StoreLockedError
 from server.config import ConfigError, ServerConfig, add_serve_flags, load_config
 from server.engine.client import EngineClient
 from server.http.serve import run_server
@@ -27,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"promptswap: {exc}", file=sys.stderr)
         return 2
+    except StoreLockedError as exc:
+        print(f"promptswap: {exc}", file=sys.stderr)
+        return 1
     except ClientError as exc:
         print(f"promptswap: {exc}", file=sys.stderr)
         return 1
@@ -60,6 +64,8 @@ def _add_client_flags(parser: argparse.ArgumentParser) -> None:
 def _serve(args: argparse.Namespace) -> int:
     flags = {name: getattr(args, name) for name in ("model", "model_id", "host", "port", "store", "admin_token")}
     config = load_config(flags)
+    # Held for the life of the process, so a second server on this store fails here, before it binds its port.
+    StoreLock(config.store.directory)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run_server(config, EngineClient(config))
     return 0

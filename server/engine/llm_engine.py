@@ -5,6 +5,7 @@ step() = schedule -> run -> postprocess.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -80,6 +81,8 @@ class LLMEngine:
         self.prompt_cache = PromptCache(registry, self.block_manager, kv_cache, prompt_table)
         self.scheduler = Scheduler(config, self.block_manager, self.prompt_cache, shape.vocab_size)
         self.runner = ModelRunner(model, kv_cache, prompt_table, config.use_reference_kernels)
+        self._admission_lock = threading.Lock()  # guards the inbox and the live request ids across threads
+        self._request_ids: set[str] = set()  # every request not yet retired, inbox included
         self._inbox: deque[tuple[Sequence, RequestHandle]] = deque()
         self._aborts: deque[str] = deque()
         self._handles: dict[str, RequestHandle] = {}
@@ -102,7 +105,13 @@ class LLMEngine:
             raise
         seq = self._new_sequence(request, task_ref)
         handle = RequestHandle(request.request_id, task_ref, on_output)
-        self._inbox.append((seq, handle))
+        with self._admission_lock:
+            if request.request_id in self._request_ids:
+                if task_ref is not None:
+                    self.registry.release(task_ref)
+                raise RequestValidationError(f"request id {request.request_id!r} is already in use")
+            self._request_ids.add(request.request_id)
+            self._inbox.append((seq, handle))
         self._wakeup.set()
         return handle
 
@@ -122,7 +131,8 @@ class LLMEngine:
         return len(self._inbox) + len(self.scheduler.waiting)
 
     def live_request_ids(self) -> list[str]:
-        return [seq.request_id for seq, _ in list(self._inbox)] + list(self._live)
+        with self._admission_lock:
+            return list(self._request_ids)
 
     # ---- the loop thread ----
 
@@ -172,8 +182,9 @@ class LLMEngine:
             finish_sequence(seq, FinishReason.LENGTH)
 
     def _take_inbox_and_aborts(self) -> list[RequestOutput]:
-        while self._inbox:
-            seq, handle = self._inbox.popleft()
+        with self._admission_lock:
+            arrived, self._inbox = self._inbox, deque()
+        for seq, handle in arrived:
             self._live[seq.request_id] = seq
             self._handles[seq.request_id] = handle
             self.scheduler.add(seq)
@@ -191,6 +202,8 @@ class LLMEngine:
         if seq.task_ref is not None:
             self.registry.release(seq.task_ref)
         self._live.pop(seq.request_id, None)
+        with self._admission_lock:
+            self._request_ids.discard(seq.request_id)
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
         for out in outputs:
@@ -206,8 +219,6 @@ class LLMEngine:
     def _validate(self, request: GenerationRequest) -> None:
         if not request.prompt_token_ids:
             raise RequestValidationError("the prompt is empty: give at least one token of input")
-        if request.request_id in self._handles or any(s.request_id == request.request_id for s, _ in self._inbox):
-            raise RequestValidationError(f"request id {request.request_id!r} is already in use")
         vocab = self.registry.shape.vocab_size
         if any(not 0 <= t < vocab for t in request.prompt_token_ids):
             raise RequestValidationError(f"prompt token ids must be in [0, {vocab})")
@@ -222,9 +233,9 @@ class LLMEngine:
     def _new_sequence(self, request: GenerationRequest, task_ref) -> Sequence:
         generator = None
         if request.sampling.do_sample:
+            seed = request.sampling.seed
             generator = torch.Generator()
-            generator.manual_seed(request.sampling.seed if request.sampling.seed is not None
-                                  else int.from_bytes(__import__("os").urandom(8), "little") >> 1)
+            generator.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
         return Sequence(
             request=request, task_ref=task_ref,
             detokenizer=IncrementalDetokenizer(self.tokenizer, request.prompt_token_ids),

@@ -135,6 +135,11 @@ class _EngineStateCollector(Collector):
             "Task versions resident on the device",
             engine.num_resident_tasks if engine else 0,
         )
+        yield _gauge(
+            "registry_damaged_entries",
+            "Prompt store entries skipped at start-up as damaged or unfit (each one is in the log)",
+            registry.num_damaged_entries if registry else 0,
+        )
         loads = CounterMetricFamily("promptswap_registry_loads", "Prompt loads by source tier", labels=["tier"])
         for tier, count in sorted((registry.loads_by_tier if registry else {}).items()):
             loads.add_metric([tier], count)

@@ -26,7 +26,8 @@ async def _require_loaded(ctx: AppContext = Depends(get_context)) -> None:
 router = APIRouter(prefix="/v1/admin/prompts", dependencies=[Depends(require_admin), Depends(_require_loaded)])
 
 
-@router.put("/{task}", response_model=UploadResponse, status_code=201)
+# `{task:path}`: a name with "/" (or "%2F") still reaches the handler and gets the naming rule's 422, not a 404.
+@router.put("/{task:path}", response_model=UploadResponse, status_code=201)
 async def upload_prompt(task: str, request: Request, ctx: AppContext = Depends(get_context)) -> JSONResponse:
     started_at = time.monotonic()
     try:
@@ -48,12 +49,12 @@ async def list_prompts(ctx: AppContext = Depends(get_context)) -> TaskList:
     return TaskList(tasks=[TaskOut.of(info) for info in tasks])
 
 
-@router.get("/{task}", response_model=TaskOut)
+@router.get("/{task:path}", response_model=TaskOut)
 async def get_prompt(task: str, ctx: AppContext = Depends(get_context)) -> TaskOut:
     return TaskOut.of(await run_in_threadpool(ctx.engine.registry.get_task, task))
 
 
-@router.delete("/{task}", status_code=204)
+@router.delete("/{task:path}", status_code=204)
 async def delete_prompt(task: str, ctx: AppContext = Depends(get_context)) -> Response:
     await run_in_threadpool(ctx.engine.registry.delete, task)
     return Response(status_code=204)

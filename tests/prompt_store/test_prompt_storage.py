@@ -36,6 +36,7 @@ def _served_tensor(registry, task):
 
 
 def _assert_no_leftovers(directory):
+    assert {p.name for p in directory.iterdir()} <= {"tasks", "staging", "trash", "promptswap.lock", "version_marks.json"}
     assert list((directory / "staging").iterdir()) == []
     assert list((directory / "trash").iterdir()) == []
     for task_dir in (directory / "tasks").iterdir():
@@ -105,23 +106,24 @@ def _arm_crash(monkeypatch, crash_at: int, after: bool) -> list[int]:
 
 
 def _scenario(name, adapters, second_adapters):
-    """(prepare(registry), act(registry), {acceptable (active version or None): expected tensor or None})."""
+    """(prepare(registry), act(registry), {acceptable (active version or None): expected tensor or None},
+    the highest version `prepare` committed)."""
     one, two = adapters["llama/prefix"], second_adapters["llama/prefix"]
     upload_one = lambda r: r.upload("task", one.config_bytes, one.model_bytes)
     upload_two = lambda r: r.upload("task", two.config_bytes, two.model_bytes)
     old, new = _expected(one), _expected(two)
     return {
-        "create": (lambda r: None, upload_one, {None: None, 1: old}),
-        "new version": (upload_one, upload_two, {1: old, 2: new}),
-        "new version prunes": (lambda r: (upload_one(r), upload_two(r)), upload_one, {2: new, 3: old}),
-        "activate": (lambda r: (upload_one(r), upload_two(r)), lambda r: r.activate("task", 1), {2: new, 1: old}),
-        "delete": (upload_one, lambda r: r.delete("task"), {1: old, None: None}),
+        "create": (lambda r: None, upload_one, {None: None, 1: old}, 0),
+        "new version": (upload_one, upload_two, {1: old, 2: new}, 1),
+        "new version prunes": (lambda r: (upload_one(r), upload_two(r)), upload_one, {2: new, 3: old}, 2),
+        "activate": (lambda r: (upload_one(r), upload_two(r)), lambda r: r.activate("task", 1), {2: new, 1: old}, 2),
+        "delete": (upload_one, lambda r: r.delete("task"), {1: old, None: None}, 1),
     }[name]
 
 
 @pytest.mark.parametrize("scenario", ["create", "new version", "new version prunes", "activate", "delete"])
 def test_crash_at_any_step_leaves_old_or_new(adapters, second_adapters, tmp_path, monkeypatch, scenario):
-    prepare, act, acceptable = _scenario(scenario, adapters, second_adapters)
+    prepare, act, acceptable, prepared_highest = _scenario(scenario, adapters, second_adapters)
     seen = set()
     for crash_at in range(100):
         for after in (False, True):
@@ -136,23 +138,31 @@ def test_crash_at_any_step_leaves_old_or_new(adapters, second_adapters, tmp_path
                     crashed = False
                 except Crash:
                     crashed = True
-            seen.add(_recovered_state(config, acceptable))
+            seen.add(_recovered_state(config, acceptable, prepared_highest, adapters["llama/prefix"]))
         if not crashed:
             break
     assert not crashed and crash_at >= 3 and calls[0] == crash_at, "every step was crashed at, then it completed"
     assert seen == set(acceptable), f"{scenario}: states reached {seen}"
 
 
-def _recovered_state(config, acceptable):
+def _recovered_state(config, acceptable, prepared_highest, adapter):
+    """The active version after a restart (None: no task), checked against `acceptable`; then an upload must be
+    numbered above every version committed before (a deleted task's numbers included)."""
     restarted = PromptRegistry(SHAPES["llama"], config, BASE_MODEL_ID, PromptStorage(config.directory))
     assert restarted.load() == []
     _assert_no_leftovers(config.directory)
-    if not restarted.has_task("task"):
-        assert None in acceptable
-        return None
-    version, tensor = _served_tensor(restarted, "task")
-    assert torch.equal(tensor, acceptable[version])
+    version = None
+    if restarted.has_task("task"):
+        version, tensor = _served_tensor(restarted, "task")
+        assert torch.equal(tensor, acceptable[version])
+    assert None in acceptable or version is not None
+    highest = max([prepared_highest, *(v.version for v in _versions(restarted, "task"))])
+    assert restarted.upload("task", adapter.config_bytes, adapter.model_bytes).version == highest + 1
     return version
+
+
+def _versions(registry, task):
+    return registry.get_task(task).versions if registry.has_task(task) else ()
 
 
 # ---- damage -------------------------------------------------------------------------------------------------------
@@ -188,6 +198,7 @@ def test_damaged_entries_are_skipped_and_reported(adapters, second_adapters, mak
     ):
         assert any(needle in problem for problem in problems), (needle, problems)
     assert len(problems) == 7
+    assert restarted.stats().num_damaged_entries == 7
 
 
 def test_checksum_mismatch_is_found_when_loaded(adapters, make_registry, store_config):
@@ -221,7 +232,7 @@ def test_upload_replaces_a_skipped_task(adapters, make_registry, store_config):
     registry = make_registry()
     assert not registry.has_task("broken")
     result = registry.upload("broken", adapter.config_bytes, adapter.model_bytes)
-    assert (result.created, result.version) == (True, 1)
+    assert (result.created, result.version) == (True, 2)  # numbered above the damaged entry's v1
     assert make_registry().has_task("broken")
 
 
