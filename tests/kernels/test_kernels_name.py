@@ -173,5 +173,6 @@ def test_canary_a_version_attribute_in_range_would_fool_transformers(tmp_path):
 
 def test_canary_an_installed_version_in_range_would_fool_transformers(tmp_path):
     """If this starts failing, transformers' probe changed: re-read it and update the facts above."""
-    _, stdout, stderr = _run(PROBE, REPO_ROOT, _fake_install(tmp_path / "site", KERNELS_MIN_VERSION))
+    # the fake install comes first: a real one (CI's editable install, its egg-info in the checkout) must not answer
+    _, stdout, stderr = _run(PROBE, _fake_install(tmp_path / "site", KERNELS_MIN_VERSION), REPO_ROOT)
     assert stdout.strip() == "True", stderr[-3000:]
