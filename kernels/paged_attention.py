@@ -82,6 +82,13 @@ def build_plan(block_tables, prefix_lens, own_lens, query_start_loc, block_size:
     )
 
 
+def _gather_slots(cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """cache [num_blocks, block_size, Hkv, D], slots [...] int64 -> [..., Hkv, D]. `index_select` over rows of
+    Hkv*D values: on CPU about 5x faster than advanced indexing `flat[slots]`, which goes element by element."""
+    rows = cache.view(-1, cache.shape[-2] * cache.shape[-1])  # the cache is one contiguous pool: a view, no copy
+    return torch.index_select(rows, 0, slots.reshape(-1)).view(*slots.shape, *cache.shape[-2:])
+
+
 def _attend(query, keys, values, mask, scale):
     # query [B, H, n, D]; keys/values [B, Hkv, L, D]; mask [B or 1, 1, n, L] bool
     return F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale,
@@ -90,18 +97,16 @@ def _attend(query, keys, values, mask, scale):
 
 def paged_attention_planned(query, k_cache, v_cache, plan: AttentionPlan, scale: float) -> torch.Tensor:
     """The reference path with a prebuilt plan. query [num_tokens, H, D] -> [num_tokens, H, D]"""
-    k_flat = k_cache.view(-1, *k_cache.shape[-2:])  # [num_slots, Hkv, D]
-    v_flat = v_cache.view(-1, *v_cache.shape[-2:])
     out = torch.empty_like(query)
     if plan.decode_rows.numel():
         q = query[plan.decode_rows].unsqueeze(2)  # [S, H, 1, D]
-        k = k_flat[plan.decode_slots].transpose(1, 2)  # [S, Hkv, L, D]
-        v = v_flat[plan.decode_slots].transpose(1, 2)
+        k = _gather_slots(k_cache, plan.decode_slots).transpose(1, 2)  # [S, Hkv, L, D]
+        v = _gather_slots(v_cache, plan.decode_slots).transpose(1, 2)
         out[plan.decode_rows] = _attend(q, k, v, plan.decode_mask, scale).squeeze(2)
     for part in plan.prefills:
         q = query[part.query_start: part.query_end].transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
-        k = k_flat[part.slots].transpose(0, 1).unsqueeze(0)  # [1, Hkv, L, D]
-        v = v_flat[part.slots].transpose(0, 1).unsqueeze(0)
+        k = _gather_slots(k_cache, part.slots).transpose(0, 1).unsqueeze(0)  # [1, Hkv, L, D]
+        v = _gather_slots(v_cache, part.slots).transpose(0, 1).unsqueeze(0)
         o = _attend(q, k, v, part.mask[None, None], scale)
         out[part.query_start: part.query_end] = o[0].transpose(0, 1)
     return out

@@ -38,8 +38,9 @@ from server.config import StoreConfig
 __all__ = ["PromptRegistry", "RegistryStats", "TaskInfo", "TaskVersionRef", "UploadResult", "VersionInfo"]
 
 NUM_TASK_LOCKS = 64
-log = logging.getLogger("promptswap.prompt_store")
 UNLIMITED = 1 << 62
+
+log = logging.getLogger("promptswap.prompt_store")
 
 
 class PromptRegistry:

@@ -15,6 +15,7 @@ import fcntl
 import os
 import threading
 from pathlib import Path
+from typing import Self
 
 from prompt_store.errors import StorageError
 
@@ -52,7 +53,7 @@ class StoreLock:
                 del _held[self.directory]
                 os.close(entry[0])  # closing the only descriptor drops the flock
 
-    def __enter__(self) -> StoreLock:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info) -> None:

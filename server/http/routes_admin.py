@@ -8,6 +8,7 @@ import time
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import FormData, UploadFile
 
 from prompt_store.errors import InvalidPromptError
@@ -18,6 +19,23 @@ from server.http.protocol_admin import ActivateRequest, TaskList, TaskOut, Uploa
 CONFIG_PART, MODEL_PART = "adapter_config", "adapter_model"
 
 
+class AnyTaskName(Convertor):
+    """The whole rest of the path, "/" and newlines included, so every name (hostile ones too: "a/b", "..",
+    "x%0A") reaches the registry's naming rule and gets its 422 instead of a bare routing 404. (Starlette's `path`
+    convertor, `.*`, would stop before a trailing newline and route "x\n" as "x".)"""
+
+    regex = "(?s:.*)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("any_task_name", AnyTaskName())
+
+
 async def _require_loaded(ctx: AppContext = Depends(get_context)) -> None:
     ctx.service.require_loaded()
 
@@ -26,8 +44,7 @@ async def _require_loaded(ctx: AppContext = Depends(get_context)) -> None:
 router = APIRouter(prefix="/v1/admin/prompts", dependencies=[Depends(require_admin), Depends(_require_loaded)])
 
 
-# `{task:path}`: a name with "/" (or "%2F") still reaches the handler and gets the naming rule's 422, not a 404.
-@router.put("/{task:path}", response_model=UploadResponse, status_code=201)
+@router.put("/{task:any_task_name}", response_model=UploadResponse, status_code=201)
 async def upload_prompt(task: str, request: Request, ctx: AppContext = Depends(get_context)) -> JSONResponse:
     started_at = time.monotonic()
     try:
@@ -49,12 +66,12 @@ async def list_prompts(ctx: AppContext = Depends(get_context)) -> TaskList:
     return TaskList(tasks=[TaskOut.of(info) for info in tasks])
 
 
-@router.get("/{task:path}", response_model=TaskOut)
+@router.get("/{task:any_task_name}", response_model=TaskOut)
 async def get_prompt(task: str, ctx: AppContext = Depends(get_context)) -> TaskOut:
     return TaskOut.of(await run_in_threadpool(ctx.engine.registry.get_task, task))
 
 
-@router.delete("/{task:path}", status_code=204)
+@router.delete("/{task:any_task_name}", status_code=204)
 async def delete_prompt(task: str, ctx: AppContext = Depends(get_context)) -> Response:
     await run_in_threadpool(ctx.engine.registry.delete, task)
     return Response(status_code=204)

@@ -1,0 +1,3 @@
+from loadtest.comparison.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,3 @@
+from loadtest.loadgen.cli import main
+
+main()
