@@ -1,5 +1,5 @@
-"""Arms (d) and (e): promptswap's engine in-process (as `tests/support/engine.py` runs it), with no prompts and
-with the task mix. At most `concurrency` requests are admitted at once; a finished one is replaced at once."""
+"""Arms (d), (e) and (f): promptswap's engine in-process (as `tests/support/engine.py` runs it), with no prompts,
+with the task mix, and with no prompts but longer prompts. At most `concurrency` requests are admitted at once; a finished one is replaced at once."""
 
 from __future__ import annotations
 
@@ -47,11 +47,10 @@ def run_engine(engine: LLMEngine, requests: list[BenchRequest], new_tokens: int,
     while waiting or num_live:
         while waiting and num_live < concurrency:
             request = waiting.popleft()
-            engine.add_request(
-                GenerationRequest(f"{arm}{request.index}", _lengthened(request.prompt_token_ids, extra_prompt_tokens),
-                                  sampling,
-                                  task=request.adapter.task if with_tasks else None),
-                on_output=lambda output, index=request.index: on_output(index, output))
+            prompt = _lengthened(request.prompt_token_ids, extra_prompt_tokens)
+            task = request.adapter.task if with_tasks else None
+            engine.add_request(GenerationRequest(f"{arm}{request.index}", prompt, sampling, task=task),
+                               on_output=lambda output, index=request.index: on_output(index, output))
             num_live += 1
         engine.step()
     wall_s = time.perf_counter() - started

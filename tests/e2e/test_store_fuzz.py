@@ -251,8 +251,9 @@ def test_configs_with_wrong_types_or_values_are_refused_naming_the_field(server,
         return
     changed = {k: v for k, v in config.items() if k != field} if value is MISSING else config | {field: value}
     response = put_prompt(client, server, "fuzzed", json.dumps(changed).encode(), model_bytes)
-    # Another served peft_type, or another num_virtual_tokens, shows as tensors that do not fit it.
-    problem = rf"{field}|tensor 'prompt_embeddings' has shape|adapter_model\.safetensors has no tensor"
+    # Another served peft_type, or another num_virtual_tokens, shows as tensors that do not fit it, or (prefix
+    # config read as prompt tuning) as a token_dim that is not the served model's hidden size.
+    problem = rf"{field}|tensor 'prompt_embeddings' has shape|adapter_model\.safetensors has no tensor|token_dim is"
     _assert_refused_and_nothing_changed(response, baseline, client, server, problem, status=(413, 422))
 
 
