@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
 from tests.e2e.server_process import ROOT, metric_value, sse_payloads, start_server, upload_adapter
-from tests.support.adapters import base_generate, peft_generate
+from tests.support.reference import base_greedy, peft_greedy
 
 MAX_NEW_TOKENS = 6
 PROMPTS = ["The capital of France is", "Hello"]
@@ -76,9 +76,9 @@ def expected(tasks, tiny_llama_dir, tokenizer) -> dict[tuple[str | None, str], l
     references = {}
     for prompt in PROMPTS:
         input_ids = tokenizer(prompt).input_ids
-        references[(None, prompt)] = base_generate(tiny_llama_dir, input_ids, MAX_NEW_TOKENS)
+        references[(None, prompt)] = base_greedy(tiny_llama_dir, input_ids, MAX_NEW_TOKENS)
         for task, adapter_dir in tasks.items():
-            references[(task, prompt)] = peft_generate(tiny_llama_dir, adapter_dir, input_ids, MAX_NEW_TOKENS)
+            references[(task, prompt)] = peft_greedy(tiny_llama_dir, adapter_dir, input_ids, MAX_NEW_TOKENS)
     return references
 
 
@@ -129,7 +129,7 @@ def test_openai_routes_give_the_same_greedy_text(client, expected, tokenizer, ti
 
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     templated = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    reference = peft_generate(tiny_llama_dir, tasks["geo-prefix"], tokenizer(templated).input_ids, MAX_NEW_TOKENS)
+    reference = peft_greedy(tiny_llama_dir, tasks["geo-prefix"], tokenizer(templated).input_ids, MAX_NEW_TOKENS)
     token_ids, last = stream_generate(client, "geo-prefix", templated)
     assert token_ids == reference
     chat = client.post(

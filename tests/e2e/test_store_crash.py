@@ -17,7 +17,7 @@ from transformers import AutoTokenizer
 
 from tests.e2e.server_process import metric_value, start_server
 from tests.e2e.store_client import adapter_bytes, generate, list_tasks, put_prompt
-from tests.support.adapters import peft_generate
+from tests.support.reference import peft_greedy
 
 NUM_KILLS = 3
 TASKS = ["crash-a", "crash-b", "crash-c"]
@@ -81,7 +81,7 @@ def adapters(tiny_llama_dir, adapter_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def references(adapters, tiny_llama_dir) -> dict[str, list[int]]:
     input_ids = AutoTokenizer.from_pretrained(tiny_llama_dir)(PROMPT).input_ids
-    tokens = {name: peft_generate(tiny_llama_dir, path, input_ids, MAX_NEW_TOKENS) for name, path in adapters.items()}
+    tokens = {name: peft_greedy(tiny_llama_dir, path, input_ids, MAX_NEW_TOKENS) for name, path in adapters.items()}
     assert tokens["prompt"] != tokens["prefix"], "the adapters must be told apart by their output"
     return tokens
 

@@ -20,7 +20,7 @@ from transformers import AutoTokenizer
 
 from tests.e2e.server_process import metric_value, start_server
 from tests.e2e.store_client import Generation, adapter_bytes, generate, list_tasks, put_prompt
-from tests.support.adapters import peft_generate
+from tests.support.reference import peft_greedy
 
 ADAPTERS = {  # the same training arguments as test_e2e_generation, so the session trains each once
     "prompt": ("PROMPT_TUNING", {}),
@@ -76,7 +76,7 @@ def tokenizer(tiny_llama_dir):
 @pytest.fixture(scope="module")
 def references(adapters, tiny_llama_dir, tokenizer) -> dict[str, list[int]]:
     input_ids = tokenizer(PROMPT).input_ids
-    tokens = {name: peft_generate(tiny_llama_dir, path, input_ids, MAX_NEW_TOKENS) for name, path in adapters.items()}
+    tokens = {name: peft_greedy(tiny_llama_dir, path, input_ids, MAX_NEW_TOKENS) for name, path in adapters.items()}
     assert len({tuple(t) for t in tokens.values()}) == len(tokens), "every adapter must give a different output"
     return tokens
 
@@ -167,7 +167,7 @@ def test_delete_lets_an_admitted_request_finish_on_its_version(server, client, a
     task = "doomed"
     created = put_prompt(client, server, task, *adapter_bytes(adapters["prefix"]))
     assert created.status_code == 201, created.text
-    reference = peft_generate(tiny_llama_dir, adapters["prefix"], tokenizer(PROMPT).input_ids, LONG_NEW_TOKENS)
+    reference = peft_greedy(tiny_llama_dir, adapters["prefix"], tokenizer(PROMPT).input_ids, LONG_NEW_TOKENS)
     first_token = threading.Event()
     result: list[Generation] = []
 

@@ -23,7 +23,7 @@ from server.config import StoreConfig
 from server.model.shape import model_shape
 from tests.e2e.server_process import ROOT, free_port, metric_value, start_server
 from tests.e2e.store_client import MODEL_FILE, adapter_bytes, generate
-from tests.support.adapters import peft_generate
+from tests.support.reference import peft_greedy
 
 NUM_TASKS = 10_000
 TEMPLATES = {  # kind -> (peft_type, training options), the same as test_e2e_generation's (trained once)
@@ -51,7 +51,7 @@ def adapters(tiny_llama_dir, adapter_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def references(adapters, tiny_llama_dir) -> dict[str, list[int]]:
     input_ids = AutoTokenizer.from_pretrained(tiny_llama_dir)(PROMPT).input_ids
-    return {kind: peft_generate(tiny_llama_dir, path, input_ids, MAX_NEW_TOKENS) for kind, path in adapters.items()}
+    return {kind: peft_greedy(tiny_llama_dir, path, input_ids, MAX_NEW_TOKENS) for kind, path in adapters.items()}
 
 
 def task_name(index: int) -> str:

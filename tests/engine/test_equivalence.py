@@ -1,10 +1,10 @@
-"""Greedy tokens from promptswap equal PeftModel.generate's for every served prompt type, in mixed batches."""
+"""Greedy tokens from promptswap equal PEFT's uncached forward for every served prompt type, in mixed batches."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.support.adapters import base_generate, peft_generate
+from tests.support.reference import base_greedy, peft_greedy
 from tests.support.engine import make_engine, request, run_to_completion, upload_folder
 
 MAX_NEW = 10
@@ -56,11 +56,11 @@ def test_mixed_batch_matches_peft(base_dir, adapter_factory):
     for rid, task, subtask, text in cases:
         ids = tokenizer(text).input_ids
         if task is None:
-            expected = base_generate(base_dir, ids, MAX_NEW)
+            expected = base_greedy(base_dir, ids, MAX_NEW)
         elif task == "multitask":
-            expected = peft_generate(base_dir, adapters[task], ids, MAX_NEW, task_ids=[subtask])
+            expected = peft_greedy(base_dir, adapters[task], ids, MAX_NEW, subtask=subtask)
         else:
-            expected = peft_generate(base_dir, adapters[task], ids, MAX_NEW)
+            expected = peft_greedy(base_dir, adapters[task], ids, MAX_NEW)
         tokens, _, last = handles[rid].result(timeout=5)
         assert tokens == expected, f"{rid} ({task}, subtask {subtask}): {tokens} != PEFT {expected}"
         assert last.task == task
@@ -87,6 +87,6 @@ def test_prompt_longer_than_the_step_budget_is_materialized_in_chunks(tiny_llama
     ids = engine.tokenizer(PROMPTS[1]).input_ids
     handles = [engine.add_request(request(f"r{i}", ids, MAX_NEW, "pt")) for i in range(2)]
     run_to_completion(engine)
-    expected = peft_generate(tiny_llama_dir, adapter, ids, MAX_NEW)
+    expected = peft_greedy(tiny_llama_dir, adapter, ids, MAX_NEW)
     assert [h.result(timeout=5)[0] for h in handles] == [expected, expected]
     assert engine.prompt_cache.num_loads == 1

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
 from server.engine.request import FinishReason
-from tests.support.adapters import base_generate, peft_generate
+from tests.support.reference import base_greedy, peft_greedy
 from tests.support.engine import make_engine, request, run_to_completion, upload_folder
 
 MAX_NEW = 6
@@ -34,8 +34,8 @@ def world(tiny_llama_dir, adapter_factory):
     @functools.lru_cache(maxsize=None)
     def expected(content: int | None, prompt: int) -> tuple[int, ...]:
         if content is None:
-            return tuple(base_generate(tiny_llama_dir, prompt_ids[prompt], MAX_NEW))
-        return tuple(peft_generate(tiny_llama_dir, adapters[content], prompt_ids[prompt], MAX_NEW))
+            return tuple(base_greedy(tiny_llama_dir, prompt_ids[prompt], MAX_NEW))
+        return tuple(peft_greedy(tiny_llama_dir, adapters[content], prompt_ids[prompt], MAX_NEW))
 
     return tiny_llama_dir, adapters, prompt_ids, expected
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.support.adapters import base_generate, peft_generate
+from tests.support.reference import base_greedy, peft_greedy
 from tests.support.engine import make_engine, request, run_to_completion, upload_folder
 
 MAX_NEW = 12
@@ -27,8 +27,8 @@ def test_smollm2_mixed_batch_matches_peft(smollm2_dir, adapter_factory):
     texts = {}
     for rid, task, i in cases:
         ids = tokenizer(prompts[i]).input_ids
-        expected = base_generate(smollm2_dir, ids, MAX_NEW) if task is None \
-            else peft_generate(smollm2_dir, adapters[task], ids, MAX_NEW)
+        expected = base_greedy(smollm2_dir, ids, MAX_NEW) if task is None \
+            else peft_greedy(smollm2_dir, adapters[task], ids, MAX_NEW)
         tokens, texts[rid], _ = handles[rid].result(timeout=5)
         assert tokens == expected, f"{rid}: {tokenizer.decode(tokens)!r} != PEFT {tokenizer.decode(expected)!r}"
     assert "Paris" in texts["None-0"]  # a real model: the base answers the question

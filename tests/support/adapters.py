@@ -1,7 +1,4 @@
-"""Real PEFT prompt-learning adapters, trained for a few steps on a tiny model, and PEFT's own generate as ground truth.
-
-`peft_generate` is the reference the server must match token for token (see shared/API.md).
-"""
+"""Real PEFT prompt-learning adapters, trained for a few steps on a tiny model (references: tests/support/reference.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +8,6 @@ import torch
 from peft import (
     MultitaskPromptTuningConfig,
     PeftConfig,
-    PeftModel,
     PrefixTuningConfig,
     PromptEncoderConfig,
     PromptTuningConfig,
@@ -57,29 +53,6 @@ def train_adapter(
     return out_dir
 
 
-def peft_generate(
-    base_dir: Path,
-    adapter_dir: Path,
-    input_ids: list[int],
-    max_new_tokens: int,
-    task_ids: list[int] | None = None,
-) -> list[int]:
-    """Greedy new tokens of `PeftModel.from_pretrained(base, adapter_dir).generate(...)`, up to and including EOS.
-
-    `task_ids`: one sub-task id per batch row, so `[subtask]`; MULTITASK_PROMPT_TUNING requires it.
-    """
-    base = AutoModelForCausalLM.from_pretrained(base_dir)
-    model = PeftModel.from_pretrained(base, adapter_dir).eval()
-    extra = {} if task_ids is None else {"task_ids": torch.tensor(task_ids)}
-    return _greedy_new_tokens(model, base.generation_config.eos_token_id, input_ids, max_new_tokens, extra)
-
-
-def base_generate(base_dir: Path, input_ids: list[int], max_new_tokens: int) -> list[int]:
-    """Greedy new tokens of the base model alone, up to and including EOS."""
-    base = AutoModelForCausalLM.from_pretrained(base_dir).eval()
-    return _greedy_new_tokens(base, base.generation_config.eos_token_id, input_ids, max_new_tokens, {})
-
-
 def _peft_config(base_dir: Path, peft_type: str, num_virtual_tokens: int, options: dict) -> PeftConfig:
     options = dict(options)
     if options.get("prompt_tuning_init") == "TEXT":
@@ -104,15 +77,3 @@ def _train(model, tokenizer, num_steps: int, learning_rate: float, num_tasks: in
 
 def _trainable_snapshot(model) -> dict[str, torch.Tensor]:
     return {name: param.detach().clone() for name, param in model.named_parameters() if param.requires_grad}
-
-
-@torch.no_grad()
-def _greedy_new_tokens(model, eos_token_id, input_ids: list[int], max_new_tokens: int, extra: dict) -> list[int]:
-    prompt = torch.tensor([list(input_ids)])  # [1, num_prompt_tokens]
-    output = model.generate(input_ids=prompt, do_sample=False, max_new_tokens=max_new_tokens, **extra)
-    new_tokens = output[0, prompt.shape[1] :].tolist()
-    eos_ids = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
-    for index, token in enumerate(new_tokens):
-        if token in eos_ids:
-            return new_tokens[: index + 1]
-    return new_tokens

@@ -1,0 +1,41 @@
+"""The expected output of every equivalence test: PEFT's uncached forward, greedy (shared/API.md).
+
+`PeftModel.from_pretrained(base, adapter_dir)` run over the whole sequence at each step
+(`loadtest.peft_reference.greedy_uncached`), never `PeftModel.generate`, whose cached decode drops the virtual
+tokens with transformers 5.24.0 and peft 0.21.2 (docs/peft_reference.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from loadtest.peft_reference import GreedyResult, eos_token_ids, greedy_uncached
+
+
+def peft_greedy(base_dir: Path, adapter_dir: Path, input_ids: list[int], max_new_tokens: int,
+                subtask: int | None = None) -> list[int]:
+    """Greedy new tokens of the adapter on `base_dir`, up to and including EOS.
+
+    `subtask`: the sub-task id, which MULTITASK_PROMPT_TUNING requires.
+    """
+    return peft_reference(base_dir, adapter_dir, input_ids, max_new_tokens, subtask).token_ids
+
+
+def peft_reference(base_dir: Path, adapter_dir: Path, input_ids: list[int], max_new_tokens: int,
+                   subtask: int | None = None) -> GreedyResult:
+    """`peft_greedy` with the logits of each step."""
+    import torch
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    model = PeftModel.from_pretrained(base, adapter_dir).eval()
+    extra = {} if subtask is None else {"task_ids": torch.tensor([subtask])}
+    return greedy_uncached(model, input_ids, max_new_tokens, eos_token_ids(base), **extra)
+
+
+def base_greedy(base_dir: Path, input_ids: list[int], max_new_tokens: int) -> list[int]:
+    """Greedy new tokens of the base model alone, up to and including EOS."""
+    base = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+    return greedy_uncached(base, input_ids, max_new_tokens, eos_token_ids(base)).token_ids
