@@ -18,6 +18,7 @@ import zlib
 from collections import Counter
 from dataclasses import replace
 
+from common.model_shape import ModelShape
 from prompt_store.errors import (
     InvalidPromptError,
     InvalidSubtaskError,
@@ -30,10 +31,10 @@ from prompt_store.manifest import TaskManifest, VersionRecord
 from prompt_store.memory_storage import MemoryStorage
 from prompt_store.peft_format import read_peft_files
 from prompt_store.registry_types import RegistryStats, TaskInfo, TaskVersionRef, UploadResult, VersionInfo
-from prompt_store.spec import ModelShape, PromptSpec
+from prompt_store.spec import PromptSpec
 from prompt_store.storage import PromptStorage, sha256_hex
+from prompt_store.store_config import StoreConfig
 from prompt_store.task_names import validate_task_name
-from server.config import StoreConfig
 
 __all__ = ["PromptRegistry", "RegistryStats", "TaskInfo", "TaskVersionRef", "UploadResult", "VersionInfo"]
 

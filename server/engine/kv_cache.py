@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from prompt_store.spec import ModelShape
+from common.model_shape import ModelShape
 
 
 class KVCache:

@@ -17,9 +17,10 @@ from peft import (
 )
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from common.model_shape import ModelShape
 from kernels.paged_attention import context_slots
 from prompt_store.registry import PromptRegistry
-from prompt_store.spec import ModelShape, PromptKind
+from prompt_store.spec import PromptKind
 from server.config import StoreConfig
 from server.engine.block_manager import BlockManager, OutOfBlocksError
 from server.engine.kv_cache import KVCache

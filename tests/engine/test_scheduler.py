@@ -22,8 +22,9 @@ from peft import (
 )
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from common.model_shape import ModelShape
 from prompt_store.registry import PromptRegistry
-from prompt_store.spec import ModelShape, PromptKind
+from prompt_store.spec import PromptKind
 from server.config import EngineConfig, StoreConfig
 from server.engine.batch import SchedulerOutput
 from server.engine.block_manager import BlockManager

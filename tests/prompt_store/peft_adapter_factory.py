@@ -21,7 +21,7 @@ from peft import (
 )
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from prompt_store.spec import ModelShape
+from common.model_shape import ModelShape
 
 BASE_MODEL_ID = "tiny-base"  # what the registries in these tests call the base model
 VOCAB_SIZE = 128
