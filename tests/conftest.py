@@ -25,6 +25,25 @@ from server.model.default_model import ensure_default_model  # noqa: E402
 from tests.support.adapters import train_adapter  # noqa: E402
 from tests.support.tiny_models import build_tiny_gpt2, build_tiny_llama  # noqa: E402
 
+# Left out of the fast lane, by where they live: real server processes, benchmark smoke runs, the real default model.
+SLOW_PATHS = (
+    "e2e/",
+    "engine/test_smollm2.py",
+    "loadtest/test_comparison_run.py",
+    "loadtest/test_loadgen_server.py",
+    "loadtest/test_store_bench_run.py",
+)
+SLOW_FIXTURES = {"smollm2"}  # tests/server/test_model_loading.py: SmolLM2 loaded as served
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark slow what SLOW_PATHS and SLOW_FIXTURES name; single heavy tests carry `@pytest.mark.slow` themselves."""
+    tests_dir = Path(__file__).resolve().parent
+    for item in items:
+        path = item.path.resolve().relative_to(tests_dir).as_posix()
+        if path.startswith(SLOW_PATHS) or SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def promptswap_cache_dir() -> Path:

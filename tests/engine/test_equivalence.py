@@ -39,6 +39,7 @@ def base_dir(request, tiny_llama_dir, tiny_gpt2_dir):
     return {"llama": tiny_llama_dir, "gpt2": tiny_gpt2_dir}[request.param]
 
 
+@pytest.mark.slow  # trains 7 adapters per model and runs PEFT references for 16 requests
 def test_mixed_batch_matches_peft(base_dir, adapter_factory):
     adapters = {task: adapter_factory(base_dir, peft_type, **options) for task, peft_type, options in ADAPTERS}
     # block size 4 and a 24-token budget: prefixes that end mid-block, prompts prefilled in chunks

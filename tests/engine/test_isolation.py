@@ -84,6 +84,7 @@ _events = st.lists(
     min_size=4, max_size=30)
 
 
+@pytest.mark.slow  # 25 random schedules, each checked against PEFT
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(events=_events)
 def test_random_interleavings_never_mix_prompts(world, events):
