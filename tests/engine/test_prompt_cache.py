@@ -5,17 +5,8 @@ Prompts are real PEFT files (`get_peft_model(...).save_pretrained`) uploaded to 
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
-from peft import (
-    MultitaskPromptTuningConfig,
-    PrefixTuningConfig,
-    PromptTuningConfig,
-    get_peft_model,
-)
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from common.model_shape import ModelShape
 from kernels.paged_attention import context_slots
@@ -26,6 +17,7 @@ from server.engine.block_manager import BlockManager, OutOfBlocksError
 from server.engine.kv_cache import KVCache
 from server.engine.prompt_cache import PromptCache
 from server.engine.prompt_table import OutOfRowsError, PromptTable
+from tests.support.adapters import adapter_files
 
 SHAPE = ModelShape(hidden_size=32, num_layers=2, num_kv_heads=2, head_dim=8, vocab_size=100)
 BLOCK_SIZE = 4
@@ -33,22 +25,9 @@ CPU = torch.device("cpu")
 
 
 def peft_files(tmp_path, peft_type: str, num_virtual_tokens: int, seed: int = 0, **options) -> tuple[bytes, bytes]:
-    """adapter_config.json and adapter_model.safetensors as PEFT saves them for a tiny random Llama of SHAPE."""
-    torch.manual_seed(seed)
-    base = LlamaForCausalLM(LlamaConfig(
-        hidden_size=SHAPE.hidden_size, intermediate_size=64, num_attention_heads=4,
-        num_key_value_heads=SHAPE.num_kv_heads, num_hidden_layers=SHAPE.num_layers, vocab_size=SHAPE.vocab_size))
-    config_class = {"PROMPT_TUNING": PromptTuningConfig, "PREFIX_TUNING": PrefixTuningConfig,
-                    "MULTITASK_PROMPT_TUNING": MultitaskPromptTuningConfig}[peft_type]
+    """What PEFT saves for a tiny random Llama of SHAPE; prefixes drawn at random so cache slots tell apart."""
     folder = tmp_path / f"{peft_type}-{num_virtual_tokens}-{seed}"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = get_peft_model(base, config_class(task_type="CAUSAL_LM", num_virtual_tokens=num_virtual_tokens,
-                                                  **options))
-        if peft_type == "PREFIX_TUNING":  # PEFT initializes the prefix at zero: make it tell slots apart
-            torch.nn.init.normal_(model.prompt_encoder["default"].embedding.weight)
-        model.save_pretrained(folder)
-    return (folder / "adapter_config.json").read_bytes(), (folder / "adapter_model.safetensors").read_bytes()
+    return adapter_files(folder, SHAPE, peft_type, num_virtual_tokens, seed, random_prefix=True, **options)
 
 
 @pytest.fixture(scope="module")

@@ -7,20 +7,12 @@ and every step is checked against the scheduler's invariants (`Sim.check`).
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from peft import (
-    MultitaskPromptTuningConfig,
-    PrefixTuningConfig,
-    PromptTuningConfig,
-    get_peft_model,
-)
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from common.model_shape import ModelShape
 from prompt_store.registry import PromptRegistry
@@ -37,6 +29,7 @@ from server.engine.request import FinishReason, GenerationRequest, SamplingParam
 from server.engine.scheduler import Scheduler
 from server.engine.sequence import Sequence, SequenceStatus
 from server.engine.stop_strings import StopStringMatcher
+from tests.support.adapters import adapter_files
 
 VOCAB = 100
 SHAPE = ModelShape(hidden_size=32, num_layers=2, num_kv_heads=2, head_dim=8, vocab_size=VOCAB)
@@ -51,29 +44,14 @@ TASKS = {
 }
 
 
-def _peft_files(folder, peft_type: str, num_virtual_tokens: int, seed: int, **options) -> tuple[bytes, bytes]:
-    """What PEFT's save_pretrained writes for a tiny random Llama of SHAPE."""
-    torch.manual_seed(seed)
-    base = LlamaForCausalLM(LlamaConfig(
-        hidden_size=SHAPE.hidden_size, intermediate_size=64, num_attention_heads=4,
-        num_key_value_heads=SHAPE.num_kv_heads, num_hidden_layers=SHAPE.num_layers, vocab_size=VOCAB))
-    config_class = {"PROMPT_TUNING": PromptTuningConfig, "PREFIX_TUNING": PrefixTuningConfig,
-                    "MULTITASK_PROMPT_TUNING": MultitaskPromptTuningConfig}[peft_type]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        get_peft_model(base, config_class(task_type="CAUSAL_LM", num_virtual_tokens=num_virtual_tokens,
-                                          **options)).save_pretrained(folder)
-    return (folder / "adapter_config.json").read_bytes(), (folder / "adapter_model.safetensors").read_bytes()
-
-
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
     root = tmp_path_factory.mktemp("peft")
     reg = PromptRegistry(SHAPE, StoreConfig(), "tiny-base", None)
     for seed, (task, (peft_type, p, options)) in enumerate(TASKS.items()):
-        reg.upload(task, *_peft_files(root / task, peft_type, p, seed, **options))
+        reg.upload(task, *adapter_files(root / task, SHAPE, peft_type, p, seed, **options))
     reg.spare_files = {  # a second version of pt4, for tests that upload it
-        "pt4": _peft_files(root / "pt4-v2", "PROMPT_TUNING", 4, seed=50)}
+        "pt4": adapter_files(root / "pt4-v2", SHAPE, "PROMPT_TUNING", 4, seed=50)}
     return reg
 
 

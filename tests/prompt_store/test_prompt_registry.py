@@ -6,7 +6,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-from peft_adapter_factory import BASE_MODEL_ID
 
 from prompt_store.errors import (
     InvalidPromptError,
@@ -18,6 +17,7 @@ from prompt_store.errors import (
 from prompt_store.peft_format import read_peft_files
 from prompt_store.spec import PromptKind
 from server.config import StoreConfig
+from tests.support.adapters import BASE_MODEL_ID
 
 
 def _expected(adapter):
