@@ -96,19 +96,19 @@ class LLMEngine:
     def add_request(self, request: GenerationRequest, on_output: OutputCallback | None = None) -> RequestHandle:
         """Pin the task's active version now and queue the request; raises UnknownTaskError, RequestValidationError."""
         self._validate(request)
-        task_ref = self.registry.acquire(request.task, request.subtask) if request.task is not None else None
+        task_ref = self.registry.pin(request.task, request.subtask) if request.task is not None else None
         try:
             self._check_length(request, task_ref.num_virtual_tokens if task_ref else 0)
         except RequestValidationError:
             if task_ref is not None:
-                self.registry.release(task_ref)
+                self.registry.unpin(task_ref)
             raise
         seq = self._new_sequence(request, task_ref)
         handle = RequestHandle(request.request_id, task_ref, on_output)
         with self._admission_lock:
             if request.request_id in self._request_ids:
                 if task_ref is not None:
-                    self.registry.release(task_ref)
+                    self.registry.unpin(task_ref)
                 raise RequestValidationError(f"request id {request.request_id!r} is already in use")
             self._request_ids.add(request.request_id)
             self._inbox.append((seq, handle))
@@ -200,7 +200,7 @@ class LLMEngine:
     def _retire(self, seq: Sequence) -> None:
         self.scheduler.finish(seq)
         if seq.task_ref is not None:
-            self.registry.release(seq.task_ref)
+            self.registry.unpin(seq.task_ref)
         self._live.pop(seq.request_id, None)
         with self._admission_lock:
             self._request_ids.discard(seq.request_id)

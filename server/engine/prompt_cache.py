@@ -59,7 +59,7 @@ class PromptCache:
     def num_blocks(self) -> int:
         return sum(len(e.prefix_blocks) for e in self._entries.values())
 
-    def acquire(self, ref: TaskVersionRef) -> PromptCacheEntry:
+    def hold(self, ref: TaskVersionRef) -> PromptCacheEntry:
         """The device entry of `ref`, loaded if absent. Raises OutOfBlocksError/OutOfRowsError if no room."""
         key = (ref.task, ref.version, ref.subtask)
         entry = self._entries.get(key)
@@ -69,9 +69,9 @@ class PromptCache:
         entry.num_users += 1
         return entry
 
-    def release(self, entry: PromptCacheEntry) -> None:
+    def drop(self, entry: PromptCacheEntry) -> None:
         entry.num_users -= 1
-        assert entry.num_users >= 0, "prompt cache entry released more often than acquired"
+        assert entry.num_users >= 0, "prompt cache entry dropped more often than held"
 
     def evict_one(self) -> bool:
         """Free the least recently used entry nobody holds; False if every entry is in use."""

@@ -76,14 +76,14 @@ class Scheduler:
         if seq.task_ref is None or seq.prompt_entry is not None:
             return True
         try:
-            seq.prompt_entry = self.prompt_cache.acquire(seq.task_ref)
+            seq.prompt_entry = self.prompt_cache.hold(seq.task_ref)
         except (OutOfBlocksError, OutOfRowsError):
             return False
         return True
 
     def _drop_prompt(self, seq: Sequence) -> None:
         if seq.prompt_entry is not None:
-            self.prompt_cache.release(seq.prompt_entry)
+            self.prompt_cache.drop(seq.prompt_entry)
             seq.prompt_entry = None
 
     def _materialize(self, entry: PromptCacheEntry | None, out: SchedulerOutput, budget: int) -> tuple[int, bool]:
@@ -143,7 +143,7 @@ class Scheduler:
         seq.own_blocks = []
         seq.num_computed = 0
         if seq.prompt_entry is not None:
-            self.prompt_cache.release(seq.prompt_entry)
+            self.prompt_cache.drop(seq.prompt_entry)
             seq.prompt_entry = None
 
     def finish(self, seq: Sequence) -> None:

@@ -96,7 +96,7 @@ class Sim:
         request = GenerationRequest(request_id=f"r{len(self.arrivals)}", prompt_token_ids=prompt,
                                     sampling=SamplingParams(max_new_tokens=max_new_tokens), task=task,
                                     subtask=subtask)
-        task_ref = self.registry.acquire(task, subtask) if task is not None else None
+        task_ref = self.registry.pin(task, subtask) if task is not None else None
         seq = Sequence(request=request, task_ref=task_ref,
                        detokenizer=IncrementalDetokenizer(_Tokenizer(), prompt), stop_matcher=StopStringMatcher(()),
                        generator=None, token_ids=list(prompt))
@@ -111,7 +111,7 @@ class Sim:
     def _retire(self, seq: Sequence) -> None:
         self.scheduler.finish(seq)
         if seq.task_ref is not None:
-            self.registry.release(seq.task_ref)
+            self.registry.unpin(seq.task_ref)
 
     def close(self) -> None:
         """Abort whatever is left, so the module's registry ends with no pins."""
@@ -474,7 +474,7 @@ def test_finish_frees_everything_but_resident_prompts(sim):
     assert s.block_manager.num_free == 64 and s.prompt_table.num_free == s.config.prompt_table_rows
 
 
-def test_aborting_a_waiting_sequence_that_holds_a_prompt_releases_it(sim):
+def test_aborting_a_waiting_sequence_that_holds_a_prompt_drops_it(sim):
     s = sim(max_num_batched_tokens=8)
     for _ in range(4):
         s.add(1, max_new_tokens=5)
@@ -500,7 +500,7 @@ def test_a_prompt_longer_than_the_token_budget_still_respects_the_budget(sim):
 def test_waiting_sequences_holding_prompts_do_not_deadlock_the_pool(sim):
     """Requests sized as LLMEngine allows (virtual + own tokens < half the pool) must always make progress.
 
-    A waiting sequence keeps the prompt it acquired at the head of the queue when it then fails to get blocks;
+    A waiting sequence keeps the prompt it holds at the head of the queue when it then fails to get blocks;
     preempted sequences pushed ahead of it do the same, until the pinned prompts leave too few blocks for the head.
     """
     s = sim(num_blocks=16, block_size=1, max_num_batched_tokens=64, max_model_len=8)  # LLMEngine: 16 // 2 * 1

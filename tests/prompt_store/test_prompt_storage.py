@@ -29,11 +29,11 @@ def _expected(adapter):
 
 
 def _served_tensor(registry, task):
-    ref = registry.acquire(task)
+    ref = registry.pin(task)
     try:
         return ref.version, registry.spec(ref).tensor
     finally:
-        registry.release(ref)
+        registry.unpin(ref)
 
 
 def _assert_no_leftovers(directory):
@@ -210,7 +210,7 @@ def test_checksum_mismatch_is_found_when_loaded(adapters, make_registry, store_c
     data[-1] ^= 0xFF
     model.write_bytes(bytes(data))
     restarted = make_registry()
-    ref = restarted.acquire("flipped")  # metadata is fine; the tensors are not
+    ref = restarted.pin("flipped")  # metadata is fine; the tensors are not
     with pytest.raises(StorageError, match="checksum"):
         restarted.spec(ref)
 
@@ -223,7 +223,7 @@ def test_tasks_that_no_longer_fit_the_model_are_skipped(adapters, make_registry)
     restarted = make_registry(shape=deeper)
     assert [info.task for info in restarted.list_tasks()] == ["rows"]
     with pytest.raises(UnknownTaskError):
-        restarted.acquire("prefix")
+        restarted.pin("prefix")
 
 
 def test_upload_replaces_a_skipped_task(adapters, make_registry, store_config):

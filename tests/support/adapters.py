@@ -205,13 +205,6 @@ def make_adapter(
     )
 
 
-def resave(adapter: SavedAdapter, tensors: dict[str, torch.Tensor] | None = None, config: dict | None = None):
-    """(config_bytes, model_bytes) with some tensors or config fields replaced."""
-    config_bytes = adapter.config_bytes if config is None else json.dumps(config).encode()
-    model_bytes = adapter.model_bytes if tensors is None else safetensors.torch.save(tensors)
-    return config_bytes, model_bytes
-
-
 def torch_saved(tensors: dict[str, torch.Tensor], legacy: bool = False) -> bytes:
     buffer = io.BytesIO()
     torch.save(tensors, buffer, _use_new_zipfile_serialization=not legacy)
