@@ -7,7 +7,7 @@ import torch
 from kernels.embedding_gather import embedding_gather
 from kernels.paged_attention import build_plan
 from server.engine.attention import STEP_KWARG, StepAttention
-from server.engine.batch import ScheduledChunk
+from server.engine.batch import Chunk
 from server.engine.kv_cache import KVCache
 from server.engine.prompt_table import PromptTable
 
@@ -22,7 +22,7 @@ class ModelRunner:
         self.use_reference = use_reference_kernels or self.device.type != "cuda"
 
     @torch.inference_mode()
-    def run(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
+    def run(self, chunks: list[Chunk]) -> torch.Tensor:
         """Forward every chunk; returns the last-token logits of chunks with `needs_logits`. # [n, vocab]"""
         token_ids = torch.tensor([t for c in chunks for t in c.token_ids], dtype=torch.int64)
         positions = torch.cat([torch.arange(c.start_position, c.start_position + c.num_tokens) for c in chunks])
@@ -35,7 +35,7 @@ class ModelRunner:
         num_wanted = sum(1 for c in chunks if c.needs_logits)
         return out.logits[0, :num_wanted]
 
-    def _logit_rows(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
+    def _logit_rows(self, chunks: list[Chunk]) -> torch.Tensor:
         ends, rows = 0, []
         for c in chunks:
             ends += c.num_tokens
@@ -43,7 +43,7 @@ class ModelRunner:
                 rows.append(ends - 1)
         return torch.tensor(rows or [ends - 1], dtype=torch.int64)  # one row at least; unused if none wanted
 
-    def _step_attention(self, chunks: list[ScheduledChunk]) -> StepAttention:
+    def _step_attention(self, chunks: list[Chunk]) -> StepAttention:
         block_size = self.kv_cache.block_size
         slots, tables, starts = [], [], [0]
         for c in chunks:

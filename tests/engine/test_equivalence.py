@@ -79,6 +79,7 @@ def test_engine_frees_everything_after_mixed_batch(tiny_llama_dir, adapter_facto
     assert stats.num_free_blocks == 64 - 3 - 2
     assert engine.registry.stats().num_pinned_versions == 0
     assert stats.num_running == stats.num_waiting == 0
+    assert stats.batch_sizes.count == stats.num_steps > 0 and engine.stats() == stats  # reading changes nothing
 
 
 def test_prompt_longer_than_the_step_budget_is_materialized_in_chunks(tiny_llama_dir, adapter_factory):

@@ -153,14 +153,16 @@ def test_evict_one_skips_entries_in_use_and_materializing(registry):
     cache = make_cache(registry)
     held_ref = registry.pin("pt5")
     held = cache.hold(held_ref)
+    materializing_ref = registry.pin("pt6")
     materializing = _load_and_drop(cache, registry, "pt6")
-    materializing.is_materializing = True
+    cache.hold(materializing_ref)  # what the scheduler does for a materialization chunk in flight
     assert not cache.evict_one()
-    materializing.is_materializing = False
+    cache.drop(materializing)  # the step's postprocess
     assert cache.evict_one()
     assert [key[0] for key in cache._entries] == ["pt5"] and held.num_users == 1
     assert not cache.evict_one()
     registry.unpin(held_ref)
+    registry.unpin(materializing_ref)
 
 
 def test_out_of_blocks_only_when_every_entry_is_in_use(registry):
