@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from common.model_shape import ModelShape
-from kernels.paged_attention import context_slots
+from kernels.paged_attention_reference import context_slots
 from prompt_store.registry import PromptRegistry
 from prompt_store.spec import PromptKind
 from server.config import StoreConfig
