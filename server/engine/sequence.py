@@ -1,8 +1,8 @@
 """The engine's per-request state, and the transitions a request makes by itself: taking a sampled token,
 finishing, and turning what is new into the RequestOutput its caller receives.
 
-What the scheduler assigns (status between waiting and running, blocks, the prompt entry, `num_computed`) is
-changed only in scheduler.py.
+What the scheduler assigns (status between waiting and running, blocks, the prompt entry, `num_computed`,
+`num_preemptions`, `first_scheduled_time`) is changed only in scheduler.py.
 """
 
 from __future__ import annotations
