@@ -34,6 +34,7 @@ WORKDIR /app
 # torch first, from its own index, in a layer of its own: it is most of the image and changes least.
 RUN pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0
 COPY pyproject.toml README.md ./
+COPY common ./common
 COPY server ./server
 COPY prompt_store ./prompt_store
 COPY kernels ./kernels

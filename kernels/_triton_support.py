@@ -22,10 +22,6 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 INDEX_DTYPES = (torch.int32, torch.int64)
 
 
-def is_triton_available() -> bool:
-    return triton is not None
-
-
 def is_interpreting() -> bool:
     """Whether Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1), read now, not at import."""
     knobs = getattr(triton, "knobs", None)  # triton >= 3.4 reads its environment through `knobs`

@@ -84,6 +84,11 @@ def kv_write_triton(
     """The Triton scatter (CUDA, or CPU under TRITON_INTERPRET=1): `kv_write_reference`'s effect on valid slots."""
     _check_kv_write_args(key, value, k_cache, v_cache, slot_mapping)
     check_launchable("kv_write", key=key, value=value, k_cache=k_cache, v_cache=v_cache, slot_mapping=slot_mapping)
+    launch_kv_write(key, value, k_cache, v_cache, slot_mapping)
+
+
+def launch_kv_write(key, value, k_cache, v_cache, slot_mapping) -> None:
+    """The launch alone, for a caller whose arguments hold by construction (the engine, every layer)."""
     num_tokens, num_kv_heads, head_dim = key.shape
     row_elements = num_kv_heads * head_dim
     if num_tokens == 0 or row_elements == 0:
@@ -110,8 +115,11 @@ def kv_write_reference(
 
 
 def kv_write(key, value, k_cache, v_cache, slot_mapping, use_reference: bool = False) -> None:
-    """Store this step's K/V at `slot_mapping`: the Triton kernel on CUDA, the torch reference on CPU or when asked."""
+    """Store this step's K/V at `slot_mapping`: the Triton kernel on CUDA, the torch reference on CPU or when asked.
+
+    Called once per layer, so it checks nothing: `kv_write_triton` is the checked entry point.
+    """
     if use_triton(key, use_reference):
-        kv_write_triton(key, value, k_cache, v_cache, slot_mapping)
+        launch_kv_write(key, value, k_cache, v_cache, slot_mapping)
     else:
         kv_write_reference(key, value, k_cache, v_cache, slot_mapping)

@@ -14,7 +14,8 @@ import dataclasses
 import torch
 
 from kernels._triton_support import LazyKernel, check_launchable, dot_precision, next_power_of_2, tl
-from kernels.paged_attention import build_plan, check_attention_args, paged_attention_planned
+from kernels.paged_attention_metadata import check_attention_args
+from kernels.paged_attention_reference import build_plan, paged_attention_planned
 
 _BLOCK_N = 32  # keys per tile
 _MIN_DOT_ROWS = 16  # tl.dot needs at least 16 rows
@@ -113,11 +114,19 @@ def paged_decode_attention_triton(
     out = check_attention_args(name, query, k_cache, v_cache, block_tables, prefix_lens, own_lens, query_start_loc, out)
     check_launchable(name, query=query, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables,
                      prefix_lens=prefix_lens, own_lens=own_lens, query_start_loc=query_start_loc, out=out)
+    launch_paged_decode_attention(query, k_cache, v_cache, block_tables, prefix_lens, own_lens, query_start_loc,
+                                  scale, out)
+    return out
+
+
+def launch_paged_decode_attention(query, k_cache, v_cache, block_tables, prefix_lens, own_lens, query_start_loc,
+                                  scale: float, out: torch.Tensor) -> None:
+    """The launch alone, for a caller that checked the arguments (kernels/paged_attention.py, once per step)."""
     num_seqs = block_tables.shape[0]
     num_heads, head_dim = query.shape[1:]
     num_kv_heads = k_cache.shape[2]
     if query.shape[0] == 0 or num_seqs == 0:
-        return out
+        return
     group = num_heads // num_kv_heads
     _paged_decode_attention[(num_seqs, num_kv_heads)](
         query, k_cache, v_cache, block_tables, prefix_lens, own_lens, query_start_loc, out,
@@ -129,7 +138,6 @@ def paged_decode_attention_triton(
         BLOCK_N=_BLOCK_N,
         DOT_PRECISION=dot_precision(k_cache.dtype),
     )
-    return out
 
 
 def paged_decode_attention_reference(

@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 
 from kernels._triton_support import LazyKernel, check_launchable, dot_precision, next_power_of_2, tl
-from kernels.paged_attention import build_plan, check_attention_args, paged_attention_planned
+from kernels.paged_attention_metadata import check_attention_args
+from kernels.paged_attention_reference import build_plan, paged_attention_planned
 
 DEFAULT_BLOCK_M = 64  # rows per query tile: BLOCK_M // GROUP queries x GROUP heads
 DEFAULT_BLOCK_N = 32  # keys per tile
@@ -146,11 +147,20 @@ def paged_prefill_attention_triton(
     for arg, size in (("block_m", block_m), ("block_n", block_n)):
         if size < 16 or size & (size - 1):
             raise ValueError(f"{name}: {arg} must be a power of two >= 16, got {size}")
+    launch_paged_prefill_attention(query, k_cache, v_cache, block_tables, prefix_lens, own_lens, query_start_loc,
+                                   scale, out, skip_single_query, block_m, block_n)
+    return out
+
+
+def launch_paged_prefill_attention(query, k_cache, v_cache, block_tables, prefix_lens, own_lens, query_start_loc,
+                                   scale: float, out: torch.Tensor, skip_single_query: bool = False,
+                                   block_m: int = DEFAULT_BLOCK_M, block_n: int = DEFAULT_BLOCK_N) -> None:
+    """The launch alone, for a caller that checked the arguments (kernels/paged_attention.py, once per step)."""
     num_tokens, num_heads, head_dim = query.shape
     num_seqs = block_tables.shape[0]
     num_kv_heads = k_cache.shape[2]
     if num_tokens == 0 or num_seqs == 0:
-        return out
+        return
     group = num_heads // num_kv_heads
     block_m = max(block_m, next_power_of_2(group))
     block_q = block_m // group
@@ -166,7 +176,6 @@ def paged_prefill_attention_triton(
         MIN_QUERIES=2 if skip_single_query else 1,
         DOT_PRECISION=dot_precision(k_cache.dtype),
     )
-    return out
 
 
 def paged_prefill_attention_reference(

@@ -23,7 +23,7 @@ import torch
 
 from kernels.embedding_gather import embedding_gather_reference, embedding_gather_triton
 from kernels.kv_write import kv_write_reference, kv_write_triton
-from kernels.paged_attention import build_plan, paged_attention_planned
+from kernels.paged_attention_reference import build_plan, paged_attention_planned
 from kernels.paged_decode_attention import paged_decode_attention_triton
 from kernels.paged_prefill_attention import paged_prefill_attention_triton
 

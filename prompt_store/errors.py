@@ -21,10 +21,6 @@ class InvalidTaskNameError(PromptStoreError):
     """The task name breaks the naming rule or takes the base model's id (HTTP 400/422)."""
 
 
-class RegistryFullError(PromptStoreError):
-    """Every device slot is pinned by running requests; retry later (HTTP 429/503)."""
-
-
 class InvalidSubtaskError(InvalidPromptError):
     """A request names a multitask sub-task the task version does not have (HTTP 400/422)."""
 

@@ -12,7 +12,7 @@ VersionKey = tuple[str, int]  # (task, version)
 
 class HostCache:
     """Not thread-safe: the registry calls it under its lock. Pinned versions are never evicted, so the cache
-    may exceed its capacity while every entry is pinned; it shrinks back as pins are released and new entries come."""
+    may exceed its capacity while every entry is pinned; it shrinks back as versions are unpinned and new entries come."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity

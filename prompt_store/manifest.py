@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, replace
 
-from prompt_store.spec import ModelShape, PromptKind, PromptSpec
+from common.model_shape import ModelShape
+from prompt_store.spec import PromptKind, PromptSpec
 
 MANIFEST_FORMAT = 1
 

@@ -16,9 +16,12 @@ from pathlib import Path
 
 import torch
 
+from common.model_shape import ModelShape
 from prompt_store.errors import InvalidPromptError, PromptTooLargeError
+from prompt_store.peft_file_names import CONFIG_FILE, MODEL_FILE, PICKLED_MODEL_FILE
 from prompt_store.safetensors_reader import PICKLE_MESSAGE, read_safetensors
-from prompt_store.spec import ModelShape, PromptSpec
+from prompt_store.spec import PromptSpec
+from prompt_store.store_config import StoreConfig
 from prompt_store.validation import (
     AdapterConfig,
     check_file_sizes,
@@ -28,11 +31,6 @@ from prompt_store.validation import (
     check_tensor_shape,
     parse_adapter_config,
 )
-from server.config import StoreConfig
-
-CONFIG_FILE = "adapter_config.json"
-MODEL_FILE = "adapter_model.safetensors"
-PICKLED_MODEL_FILE = "adapter_model.bin"
 
 
 def read_peft_files(config_bytes: bytes, model_bytes: bytes, shape: ModelShape, limits: StoreConfig) -> PromptSpec:

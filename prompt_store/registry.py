@@ -4,7 +4,7 @@ Locking: `_lock` guards every in-memory structure and is held only for dictionar
 parsing. Changes to one task (upload, activate, delete) are also serialized by a per-task lock (striped), taken
 before `_lock` and held across the store's file writes, so two uploads to different tasks proceed in parallel.
 
-Pin invariant: a pinned version's spec stays obtainable until released. Only the active version can be newly
+Pin invariant: a pinned version's spec stays obtainable until unpinned. Only the active version can be newly
 pinned, so the pin count of any other version only falls; pruning skips pinned versions, and `delete` first moves
 pinned versions' specs into the host cache (which never evicts pinned entries) before removing the files.
 """
@@ -18,6 +18,7 @@ import zlib
 from collections import Counter
 from dataclasses import replace
 
+from common.model_shape import ModelShape
 from prompt_store.errors import (
     InvalidPromptError,
     InvalidSubtaskError,
@@ -30,10 +31,10 @@ from prompt_store.manifest import TaskManifest, VersionRecord
 from prompt_store.memory_storage import MemoryStorage
 from prompt_store.peft_format import read_peft_files
 from prompt_store.registry_types import RegistryStats, TaskInfo, TaskVersionRef, UploadResult, VersionInfo
-from prompt_store.spec import ModelShape, PromptSpec
+from prompt_store.spec import PromptSpec
 from prompt_store.storage import PromptStorage, sha256_hex
+from prompt_store.store_config import StoreConfig
 from prompt_store.task_names import validate_task_name
-from server.config import StoreConfig
 
 __all__ = ["PromptRegistry", "RegistryStats", "TaskInfo", "TaskVersionRef", "UploadResult", "VersionInfo"]
 
@@ -108,7 +109,7 @@ class PromptRegistry:
 
     # ---- uploads -------------------------------------------------------------------------------------------
     def upload(self, task: str, config_bytes: bytes, model_bytes: bytes) -> UploadResult:
-        """Validate, store durably, then activate; new acquires get the new version once this returns."""
+        """Validate, store durably, then activate; new pins get the new version once this returns."""
         try:
             validate_task_name(task, self.base_model_id)
             spec = read_peft_files(config_bytes, model_bytes, self.shape, self.config)
@@ -173,8 +174,8 @@ class PromptRegistry:
         self._storage.remove_versions(task, doomed)
 
     # ---- the engine's side: pins and specs -----------------------------------------------------------------
-    def acquire(self, task: str, subtask: int = 0) -> TaskVersionRef:
-        """Pin the task's active version for one request."""
+    def pin(self, task: str, subtask: int = 0) -> TaskVersionRef:
+        """Pin the task's active version for one request, until `unpin`."""
         with self._lock:
             manifest = self._manifests.get(task)
             if manifest is None:
@@ -191,11 +192,11 @@ class PromptRegistry:
             task, record.version, record.peft_type, record.kind, record.num_virtual_tokens, record.num_variants, subtask
         )
 
-    def release(self, ref: TaskVersionRef) -> None:
+    def unpin(self, ref: TaskVersionRef) -> None:
         with self._lock:
             count = self._pins.get(ref.key, 0)
             if count == 0:
-                raise ValueError(f"task {ref.task!r} version {ref.version} is not pinned (released twice?)")
+                raise ValueError(f"task {ref.task!r} version {ref.version} is not pinned (unpinned twice?)")
             if count > 1:
                 self._pins[ref.key] = count - 1
                 return
@@ -213,7 +214,7 @@ class PromptRegistry:
         if spec is not None:
             return spec
         if record is None:
-            raise UnknownTaskError(f"task {ref.task!r} version {ref.version} is gone (was the ref released?)")
+            raise UnknownTaskError(f"task {ref.task!r} version {ref.version} is gone (was the ref unpinned?)")
         try:
             spec = self._load(ref.task, record)
         except StorageError:
@@ -244,7 +245,7 @@ class PromptRegistry:
         return self.get_task(task)
 
     def delete(self, task: str) -> None:
-        """Remove the task for good; requests holding refs to it keep working until they release them."""
+        """Remove the task for good; requests holding refs to it keep working until they unpin them."""
         with self._task_lock(task):
             with self._lock:
                 manifest = self._require_task(task)

@@ -9,7 +9,7 @@ from prompt_store.spec import PromptKind
 
 @dataclass(frozen=True)
 class TaskVersionRef:
-    """A pin on one task version: valid until released, whatever happens to the task meanwhile."""
+    """A pin on one task version: valid until unpinned, whatever happens to the task meanwhile."""
 
     task: str
     version: int

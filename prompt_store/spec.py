@@ -4,28 +4,15 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # a type only: the store's file layer imports this module and must not need torch
+    import torch
 
 
 class PromptKind(str, enum.Enum):
     EMBEDDING = "embedding"  # rows prepended to the input embeddings (prompt tuning, P-tuning, multitask)
     PREFIX_KV = "prefix_kv"  # per-layer keys and values inserted before the input (prefix tuning)
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """What an uploaded prompt must agree with in the served base model."""
-
-    hidden_size: int
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
-    vocab_size: int
-
-    @property
-    def kv_token_dim(self) -> int:
-        return self.num_kv_heads * self.head_dim
 
 
 @dataclass(frozen=True)
@@ -45,7 +32,3 @@ class PromptSpec:
     @property
     def num_variants(self) -> int:
         return self.tensor.shape[0]
-
-    @property
-    def nbytes(self) -> int:
-        return self.tensor.numel() * self.tensor.element_size()

@@ -25,7 +25,7 @@ from pathlib import Path
 from prompt_store.durable_io import fsync_dir, remove_tree, rename_synced, replace_file_atomically, write_file_synced
 from prompt_store.errors import StorageError
 from prompt_store.manifest import TaskManifest, VersionRecord, record_to_dict
-from prompt_store.peft_format import CONFIG_FILE, MODEL_FILE
+from prompt_store.peft_file_names import CONFIG_FILE, MODEL_FILE
 from prompt_store.store_lock import StoreLock
 from prompt_store.task_names import is_valid_task_name
 

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
+from common.model_shape import ModelShape
 from prompt_store.errors import InvalidPromptError, PromptTooLargeError
-from prompt_store.spec import ModelShape, PromptKind
-from server.config import StoreConfig
+from prompt_store.spec import PromptKind
+from prompt_store.store_config import StoreConfig
 
 # peft_type -> how the server applies it
 SUPPORTED_PEFT_TYPES = {

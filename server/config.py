@@ -7,6 +7,9 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+# StoreConfig belongs to the store; it is re-exported here because the server composes it.
+from prompt_store.store_config import StoreConfig, StoreConfigError
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
@@ -32,24 +35,6 @@ class EngineConfig:
         _require(self.max_model_len > 0, "max_model_len must be positive")
         _require(self.prompt_table_rows > 0, "prompt_table_rows must be positive")
         _require(self.dtype in ("auto", "float32", "bfloat16", "float16"), f"unknown dtype {self.dtype!r}")
-
-
-@dataclass(frozen=True)
-class StoreConfig:
-    """Limits and placement of the prompt store."""
-
-    directory: Path = Path("./prompt-store")
-    max_virtual_tokens: int = 512  # largest num_virtual_tokens an upload may declare
-    max_file_bytes: int = 256 * 1024 * 1024  # largest adapter_model.safetensors accepted
-    max_config_bytes: int = 64 * 1024  # largest adapter_config.json accepted
-    versions_kept: int = 3  # old versions kept per task besides the active one
-    host_cache_tasks: int = 1024  # task versions whose tensors stay in host memory
-
-    def __post_init__(self) -> None:
-        _require(self.max_virtual_tokens > 0, "max_virtual_tokens must be positive")
-        _require(self.max_file_bytes > 0 and self.max_config_bytes > 0, "file limits must be positive")
-        _require(self.versions_kept >= 0, "versions_kept must be >= 0")
-        _require(self.host_cache_tasks > 0, "host_cache_tasks must be positive")
 
 
 @dataclass(frozen=True)
@@ -157,7 +142,11 @@ def load_config(flags: dict | None = None, environ: dict[str, str] | None = None
         if name in flags:
             engine[name] = flags.pop(name)
     server.update(flags)
-    return ServerConfig(**server, engine=EngineConfig(**engine), store=StoreConfig(**store))
+    try:
+        store_config = StoreConfig(**store)
+    except StoreConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    return ServerConfig(**server, engine=EngineConfig(**engine), store=store_config)
 
 
 def add_serve_flags(parser: argparse.ArgumentParser) -> None:

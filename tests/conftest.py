@@ -22,8 +22,27 @@ import pytest  # noqa: E402
 
 from server.config import load_config  # noqa: E402
 from server.model.default_model import ensure_default_model  # noqa: E402
-from tests.support.adapters import train_adapter  # noqa: E402
+from tests.support.adapters import AdapterFactory  # noqa: E402
 from tests.support.tiny_models import build_tiny_gpt2, build_tiny_llama  # noqa: E402
+
+# Left out of the fast lane, by where they live: real server processes, benchmark smoke runs, the real default model.
+SLOW_PATHS = (
+    "e2e/",
+    "engine/test_smollm2.py",
+    "loadtest/test_comparison_run.py",
+    "loadtest/test_loadgen_server.py",
+    "loadtest/test_store_bench_run.py",
+)
+SLOW_FIXTURES = {"smollm2"}  # tests/server/test_model_loading.py: SmolLM2 loaded as served
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark slow what SLOW_PATHS and SLOW_FIXTURES name; single heavy tests carry `@pytest.mark.slow` themselves."""
+    tests_dir = Path(__file__).resolve().parent
+    for item in items:
+        path = item.path.resolve().relative_to(tests_dir).as_posix()
+        if path.startswith(SLOW_PATHS) or SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -48,21 +67,6 @@ def tiny_llama_dir(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 def tiny_gpt2_dir(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Random 2-layer GPT-2 (4 heads, head_dim 16) and SmolLM2's tokenizer."""
     return build_tiny_gpt2(smollm2_dir, tmp_path_factory.mktemp("tiny-gpt2"))
-
-
-class AdapterFactory:
-    """`adapter_factory(base_dir, peft_type, **options) -> adapter_dir`, trained once per session per arguments."""
-
-    def __init__(self, root: Path):
-        self._root = root
-        self._adapters: dict[tuple, Path] = {}
-
-    def __call__(self, base_dir: Path, peft_type: str, **options) -> Path:
-        key = (str(base_dir), peft_type, tuple(sorted((name, repr(value)) for name, value in options.items())))
-        if key not in self._adapters:
-            out_dir = self._root / f"{peft_type.lower()}-{len(self._adapters)}"
-            self._adapters[key] = train_adapter(base_dir, peft_type, out_dir, **options)
-        return self._adapters[key]
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
 """The attention function transformers' modeling code calls in every layer, registered under our own name.
 
 It writes the step's new K/V into the paged cache, then lets each sequence attend over its prefix blocks and its
-own blocks. Everything per step (slots, block tables, the reference path's plan) arrives in one `StepAttention`
-passed as a keyword argument to `model(...)`, which transformers forwards to this function.
+own blocks. Everything per step (slots and the kernels' metadata, built and checked once by step_inputs.py) arrives
+in one `StepAttention` passed as a keyword argument to `model(...)`, which transformers forwards to this function.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
 from kernels.kv_write import kv_write
-from kernels.paged_attention import AttentionPlan, paged_attention
+from kernels.paged_attention import paged_attention
+from kernels.paged_attention_metadata import PagedAttentionMetadata
 from server.engine.kv_cache import KVCache
 
 ATTENTION_NAME = "promptswap_paged"
@@ -26,12 +27,8 @@ STEP_KWARG = "promptswap_step"
 class StepAttention:
     kv_cache: KVCache
     slot_mapping: torch.Tensor  # [num_tokens] int64: where each new token's K/V go
-    block_tables: torch.Tensor  # [num_chunks, max_blocks] int32: prefix blocks, then own blocks
-    prefix_lens: torch.Tensor  # [num_chunks] int32
-    own_lens: torch.Tensor  # [num_chunks] int32: own tokens in the cache after this step
-    query_start_loc: torch.Tensor  # [num_chunks + 1] int32
-    plan: AttentionPlan | None  # reference path's index tensors, built once per step (None on the kernel path)
-    use_reference: bool
+    metadata: PagedAttentionMetadata  # per chunk: block tables, lengths, query offsets, and the routing counts
+    use_reference: bool  # the torch references instead of the Triton kernels
 
 
 def paged_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -42,9 +39,8 @@ def paged_attention_forward(module, query, key, value, attention_mask, scaling=N
     k_cache, v_cache = step.kv_cache.layer(module.layer_idx)
     kv_write(key[0].transpose(0, 1), value[0].transpose(0, 1), k_cache, v_cache, step.slot_mapping,
              use_reference=step.use_reference)
-    out = paged_attention(query[0].transpose(0, 1), k_cache, v_cache, step.block_tables, step.prefix_lens,
-                          step.own_lens, step.query_start_loc, scaling, use_reference=step.use_reference,
-                          plan=step.plan)
+    out = paged_attention(query[0].transpose(0, 1), k_cache, v_cache, step.metadata, scaling,
+                          use_reference=step.use_reference)
     return out.unsqueeze(0), None
 
 

@@ -1,4 +1,4 @@
-"""What the scheduler hands the model runner for one step."""
+"""What the scheduler hands the model runner for one step: chunks of tokens, each of one of two kinds."""
 
 from __future__ import annotations
 
@@ -11,18 +11,16 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class ScheduledChunk:
-    """A run of consecutive tokens of one sequence (or of one soft prompt being materialized)."""
+class Chunk:
+    """A run of consecutive tokens whose K/V this step writes into `own_blocks`; all the model runner reads."""
 
-    seq: Sequence | None  # None: this chunk materializes `entry`'s virtual tokens into its prefix blocks
-    entry: PromptCacheEntry | None  # the prompt whose prefix blocks this chunk attends (or fills)
     token_ids: tuple[int, ...]  # ids >= vocab_size are prompt-table rows (id - vocab_size)
     start_position: int  # position id of the first token
     prefix_len: int  # shared prefix tokens the chunk attends before its own tokens
-    prefix_blocks: tuple[int, ...]  # shared, read-only blocks of the prefix (none for a materialization)
-    own_blocks: tuple[int, ...]  # blocks of the chunk's own tokens (a materialization's are the prefix blocks)
+    prefix_blocks: tuple[int, ...]  # shared, read-only blocks of that prefix
+    own_blocks: tuple[int, ...]  # blocks of the chunk's own tokens
     own_start: int  # own tokens already in the cache before this chunk
-    needs_logits: bool  # the chunk ends at the sequence's last token: sample the next one
+    needs_logits: bool  # the chunk ends at its sequence's last token: sample the next one
 
     @property
     def num_tokens(self) -> int:
@@ -38,10 +36,48 @@ class ScheduledChunk:
         return self.own_start + self.num_tokens
 
 
+@dataclass(frozen=True)
+class SequenceChunk(Chunk):
+    """The next tokens of one request, after its prompt's prefix blocks (if it has a soft prompt)."""
+
+    seq: Sequence
+
+
+@dataclass(frozen=True)
+class MaterializationChunk(Chunk):
+    """The next virtual tokens of a prompt-tuning prompt, whose K/V fill the entry's own prefix blocks (computed
+    once per task version, then read by every request of it). Holds the entry until the step's postprocess."""
+
+    entry: PromptCacheEntry
+
+
 @dataclass
 class SchedulerOutput:
-    chunks: list[ScheduledChunk] = field(default_factory=list)
+    """One step's batch: the chunks in packing order (a materialization before the chunks that read it)."""
+
+    chunks: list[Chunk] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)  # sent back to waiting this step
+
+    @property
+    def sequence_chunks(self) -> list[SequenceChunk]:
+        return [c for c in self.chunks if isinstance(c, SequenceChunk)]
+
+    @property
+    def materializations(self) -> list[MaterializationChunk]:
+        return [c for c in self.chunks if isinstance(c, MaterializationChunk)]
+
+    @property
+    def seqs(self) -> list[Sequence]:
+        """The requests in this step: what a failed run or sample is attributable to."""
+        return [c.seq for c in self.sequence_chunks]
+
+    @property
+    def sampled_seqs(self) -> list[Sequence]:
+        """Sequences that get a token this step, in the order of the runner's logits rows."""
+        return [c.seq for c in self.sequence_chunks if c.needs_logits]
+
+    def materialization_of(self, entry: PromptCacheEntry) -> MaterializationChunk | None:
+        return next((c for c in self.materializations if c.entry is entry), None)
 
     @property
     def num_tokens(self) -> int:
@@ -49,4 +85,4 @@ class SchedulerOutput:
 
     @property
     def num_seqs(self) -> int:
-        return sum(1 for c in self.chunks if c.seq is not None)
+        return len(self.sequence_chunks)

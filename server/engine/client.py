@@ -64,7 +64,7 @@ class EngineClient:
         self.engine = None  # LLMEngine, set once loaded
         self.tokenizer = None
         self.load_error: BaseException | None = None
-        self._is_draining = False
+        self.is_draining = False  # the one draining flag: the HTTP layer's ServiceState reads it here
         self._is_stopping = False
         self._thread: threading.Thread | None = None
 
@@ -96,13 +96,13 @@ class EngineClient:
                 engine.step()
 
     def is_ready(self) -> bool:
-        return self.engine is not None and not self._is_draining and self.is_alive()
+        return self.engine is not None and not self.is_draining and self.is_alive()
 
     def is_alive(self) -> bool:
         return self.load_error is None and self._thread is not None and self._thread.is_alive()
 
     def begin_drain(self) -> None:
-        self._is_draining = True
+        self.is_draining = True
 
     def wait_idle(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -144,7 +144,7 @@ class EngineClient:
         """Admit a request or raise: UnknownTaskError (404), RequestValidationError (400/422),
         QueueFullError (429), EngineNotReadyError (503). Fast: no model work happens here."""
         if not self.is_ready():
-            raise EngineNotReadyError("the server is draining" if self._is_draining else "the model is loading")
+            raise EngineNotReadyError("the server is draining" if self.is_draining else "the model is loading")
         if self.engine.num_waiting() >= self.config.max_waiting:
             raise QueueFullError(f"{self.config.max_waiting} requests are already waiting; retry shortly")
         token_ids = self.tokenize(request.prompt) if isinstance(request.prompt, str) else list(request.prompt)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from prompt_store.spec import ModelShape
+from common.model_shape import ModelShape
 
 
 class KVCache:
@@ -29,8 +29,3 @@ class KVCache:
         slots = self.slots(blocks, prefix.shape[2]).to(self.tensor.device)
         flat = self.tensor.view(*self.tensor.shape[:2], -1, *self.tensor.shape[-2:])  # [L, 2, slots, Hkv, D]
         flat[:, :, slots] = prefix.to(device=self.tensor.device, dtype=self.tensor.dtype)
-
-    @property
-    def bytes_per_token(self) -> int:
-        L, two, _, _, heads, dim = self.tensor.shape
-        return L * two * heads * dim * self.tensor.element_size()

@@ -1,16 +1,17 @@
 """The engine: `add_request` / `abort` from any thread, `step()` from one loop thread.
 
-step() = schedule -> run -> postprocess.
+A step: take arrivals and aborts -> schedule -> run -> sample -> postprocess -> unpin the finished -> deliver.
+The scheduler owns both halves of the step's state (scheduler.py); this file owns the request table, which spans
+from `add_request` to the delivery of a request's last output.
 """
 
 from __future__ import annotations
 
 import os
-import queue
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -20,9 +21,10 @@ from server.engine.batch import SchedulerOutput
 from server.engine.block_manager import BlockManager
 from server.engine.detokenizer import IncrementalDetokenizer
 from server.engine.errors import RequestValidationError
+from server.engine.histogram import BATCH_SIZE_BUCKETS, Histogram
 from server.engine.kv_cache import KVCache
+from server.engine.live_request import LiveRequest, OutputCallback, RequestHandle
 from server.engine.model_runner import ModelRunner
-from server.engine.output_builder import finish_sequence, take_output
 from server.engine.prompt_cache import PromptCache
 from server.engine.prompt_table import PromptTable
 from server.engine.request import EngineStats, FinishReason, GenerationRequest, RequestOutput
@@ -33,35 +35,6 @@ from server.engine.stop_strings import StopStringMatcher
 
 if TYPE_CHECKING:
     from prompt_store.registry import PromptRegistry
-
-OutputCallback = Callable[[RequestOutput], None]
-
-
-class RequestHandle:
-    """A request's outputs, readable from any thread (or delivered to a callback instead)."""
-
-    def __init__(self, request_id: str, task_ref, on_output: OutputCallback | None):
-        self.request_id = request_id
-        self.task: str | None = task_ref.task if task_ref else None  # the version pinned at admission
-        self.task_version: int | None = task_ref.version if task_ref else None
-        self._queue: queue.Queue[RequestOutput] = queue.Queue()
-        self.deliver: OutputCallback = on_output or self._queue.put
-
-    def outputs(self, timeout: float | None = None):
-        """Yield outputs until the finished one."""
-        while True:
-            out = self._queue.get(timeout=timeout)
-            yield out
-            if out.finished:
-                return
-
-    def result(self, timeout: float | None = None) -> tuple[list[int], str, RequestOutput]:
-        """All generated token ids, the text, and the last output."""
-        token_ids, text, last = [], "", None
-        for last in self.outputs(timeout):
-            token_ids += last.new_token_ids
-            text += last.new_text
-        return token_ids, text, last
 
 
 class LLMEngine:
@@ -81,39 +54,36 @@ class LLMEngine:
         self.prompt_cache = PromptCache(registry, self.block_manager, kv_cache, prompt_table)
         self.scheduler = Scheduler(config, self.block_manager, self.prompt_cache, shape.vocab_size)
         self.runner = ModelRunner(model, kv_cache, prompt_table, config.use_reference_kernels)
-        self._admission_lock = threading.Lock()  # guards the inbox and the live request ids across threads
-        self._request_ids: set[str] = set()  # every request not yet retired, inbox included
-        self._inbox: deque[tuple[Sequence, RequestHandle]] = deque()
+        self._lock = threading.Lock()  # guards the request table and the arrivals across threads
+        self._requests: dict[str, LiveRequest] = {}  # every request not yet delivered its last output
+        self._arrivals: deque[LiveRequest] = deque()  # added, not yet handed to the scheduler
         self._aborts: deque[str] = deque()
-        self._handles: dict[str, RequestHandle] = {}
-        self._live: dict[str, Sequence] = {}
         self._wakeup = threading.Event()
-        self.num_steps = 0
-        self._batch_sizes: deque[int] = deque(maxlen=4096)
+        self.batch_sizes = Histogram(BATCH_SIZE_BUCKETS)  # sequences per step that ran; replaced, never mutated
 
     # ---- callers' side (any thread) ----
 
     def add_request(self, request: GenerationRequest, on_output: OutputCallback | None = None) -> RequestHandle:
         """Pin the task's active version now and queue the request; raises UnknownTaskError, RequestValidationError."""
         self._validate(request)
-        task_ref = self.registry.acquire(request.task, request.subtask) if request.task is not None else None
+        task_ref = self.registry.pin(request.task, request.subtask) if request.task is not None else None
         try:
             self._check_length(request, task_ref.num_virtual_tokens if task_ref else 0)
         except RequestValidationError:
             if task_ref is not None:
-                self.registry.release(task_ref)
+                self.registry.unpin(task_ref)
             raise
-        seq = self._new_sequence(request, task_ref)
         handle = RequestHandle(request.request_id, task_ref, on_output)
-        with self._admission_lock:
-            if request.request_id in self._request_ids:
+        live = LiveRequest(self._new_sequence(request, task_ref), handle)
+        with self._lock:
+            if request.request_id in self._requests:
                 if task_ref is not None:
-                    self.registry.release(task_ref)
+                    self.registry.unpin(task_ref)
                 raise RequestValidationError(f"request id {request.request_id!r} is already in use")
-            self._request_ids.add(request.request_id)
-            self._inbox.append((seq, handle))
+            self._requests[request.request_id] = live
+            self._arrivals.append(live)
         self._wakeup.set()
-        return handle
+        return live.handle
 
     def abort(self, request_id: str) -> None:
         self._aborts.append(request_id)
@@ -125,94 +95,82 @@ class LLMEngine:
         self._wakeup.clear()
 
     def has_work(self) -> bool:
-        return bool(self._inbox or self._aborts or self.scheduler.has_work)
+        return bool(self._arrivals or self._aborts or self.scheduler.has_work)
 
     def num_waiting(self) -> int:
-        return len(self._inbox) + len(self.scheduler.waiting)
+        return len(self._arrivals) + len(self.scheduler.waiting)
 
     def live_request_ids(self) -> list[str]:
-        with self._admission_lock:
-            return list(self._request_ids)
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def num_steps(self) -> int:
+        """Steps that ran a batch."""
+        return self.batch_sizes.count
+
+    def stats(self) -> EngineStats:
+        """A snapshot; reading it changes nothing."""
+        return EngineStats(
+            num_running=len(self.scheduler.running), num_waiting=self.num_waiting(),
+            num_free_blocks=self.block_manager.num_free, num_total_blocks=self.block_manager.num_blocks,
+            num_registry_blocks=self.prompt_cache.num_blocks, num_resident_tasks=self.prompt_cache.num_resident,
+            num_steps=self.num_steps, batch_sizes=self.batch_sizes)
 
     # ---- the loop thread ----
 
     def step(self) -> list[RequestOutput]:
-        outputs = self._take_inbox_and_aborts()
+        """One iteration of continuous batching; returns the outputs it delivered."""
+        updated = self._take_arrivals_and_aborts()
         batch = self.scheduler.schedule()
-        _mark_scheduled(batch, time.monotonic())
         if batch.chunks:
             logits = self.runner.run(batch.chunks)
-            outputs += self._postprocess(batch, logits)
-        self._deliver(outputs)
-        return outputs
+            sampled_token_ids = self._sample(batch, logits)
+            updated += self.scheduler.postprocess(batch, sampled_token_ids)
+            self.batch_sizes = self.batch_sizes.observed(batch.num_seqs)
+        self._unpin_finished(updated)
+        return self._deliver(updated)
 
-    def _postprocess(self, batch: SchedulerOutput, logits: torch.Tensor) -> list[RequestOutput]:
-        self.num_steps += 1
-        self._batch_sizes.append(batch.num_seqs)
-        sampled_chunks = [c for c in batch.chunks if c.needs_logits]
-        token_ids = sample(logits, [c.seq.request.sampling for c in sampled_chunks],
-                           [c.seq.token_ids for c in sampled_chunks], [c.seq.generator for c in sampled_chunks])
+    def _take_arrivals_and_aborts(self) -> list[Sequence]:
+        """Hand arrivals to the scheduler; finish and remove aborted requests. Returns the aborted sequences.
+
+        Both under one hold of the lock: an abort is then never handled before its own request's arrival.
+        """
+        with self._lock:
+            arrivals, self._arrivals = self._arrivals, deque()
+            for live in arrivals:
+                self.scheduler.add(live.seq)
+            aborted = []
+            while self._aborts:
+                live = self._requests.get(self._aborts.popleft())
+                if live is not None and not live.seq.is_finished:
+                    live.seq.finish(FinishReason.ABORTED)
+                    self.scheduler.remove(live.seq)
+                    aborted.append(live.seq)
+        return aborted
+
+    def _sample(self, batch: SchedulerOutput, logits: torch.Tensor) -> list[int]:
+        seqs = batch.sampled_seqs
+        return sample(logits, [s.request.sampling for s in seqs], [s.token_ids for s in seqs],
+                      [s.generator for s in seqs])
+
+    def _unpin_finished(self, seqs: list[Sequence]) -> None:
+        for seq in seqs:
+            if seq.is_finished and seq.task_ref is not None:
+                self.registry.unpin(seq.task_ref)
+
+    def _deliver(self, seqs: list[Sequence]) -> list[RequestOutput]:
+        """The one way out: each sequence's news to its handle; a finished request leaves the table first."""
         now = time.monotonic()
-        for chunk in batch.chunks:
-            if chunk.seq is None:
-                chunk.entry.is_materializing = False
-            else:
-                chunk.seq.num_computed += chunk.num_tokens
-        outputs = []
-        for chunk, token_id in zip(sampled_chunks, token_ids):
-            seq = chunk.seq
-            self._append_token(seq, token_id, now)
-            if seq.is_finished or seq.pending_token_ids:
-                outputs.append(take_output(seq, now))
-                if seq.is_finished:
-                    self._retire(seq)
-        return outputs
-
-    def _append_token(self, seq: Sequence, token_id: int, now: float) -> None:
-        seq.token_ids.append(token_id)
-        seq.pending_token_ids.append(token_id)
-        seq.first_token_time = seq.first_token_time or now
-        if token_id in self.eos_token_ids and not seq.request.sampling.ignore_eos:
-            return finish_sequence(seq, FinishReason.EOS)
-        seq.stop_matcher.add(seq.detokenizer.add(token_id))
-        if seq.stop_matcher.is_stopped:
-            return finish_sequence(seq, FinishReason.STOP)
-        if seq.num_generated >= seq.request.sampling.max_new_tokens \
-                or seq.prefix_len + len(seq.token_ids) >= self.max_model_len:
-            finish_sequence(seq, FinishReason.LENGTH)
-
-    def _take_inbox_and_aborts(self) -> list[RequestOutput]:
-        with self._admission_lock:
-            arrived, self._inbox = self._inbox, deque()
-        for seq, handle in arrived:
-            self._live[seq.request_id] = seq
-            self._handles[seq.request_id] = handle
-            self.scheduler.add(seq)
-        outputs = []
-        while self._aborts:
-            seq = self._live.get(self._aborts.popleft())
-            if seq is not None and not seq.is_finished:
-                finish_sequence(seq, FinishReason.ABORTED)
-                outputs.append(take_output(seq, time.monotonic()))
-                self._retire(seq)
-        return outputs
-
-    def _retire(self, seq: Sequence) -> None:
-        self.scheduler.finish(seq)
-        if seq.task_ref is not None:
-            self.registry.release(seq.task_ref)
-        self._live.pop(seq.request_id, None)
-        with self._admission_lock:
-            self._request_ids.discard(seq.request_id)
-
-    def _deliver(self, outputs: list[RequestOutput]) -> None:
-        for out in outputs:
-            handle = self._handles.get(out.request_id)
-            if handle is None:
-                continue
-            if out.finished:
-                del self._handles[out.request_id]
+        outputs = [seq.take_output(now) for seq in seqs]
+        with self._lock:
+            handles = [self._requests[out.request_id].handle for out in outputs]
+            for out in outputs:
+                if out.finished:
+                    del self._requests[out.request_id]
+        for handle, out in zip(handles, outputs, strict=True):
             handle.deliver(out)
+        return outputs
 
     # ---- admission helpers ----
 
@@ -240,23 +198,8 @@ class LLMEngine:
             request=request, task_ref=task_ref,
             detokenizer=IncrementalDetokenizer(self.tokenizer, request.prompt_token_ids),
             stop_matcher=StopStringMatcher(request.sampling.stop), generator=generator,
-            token_ids=list(request.prompt_token_ids))
-
-    def stats(self) -> EngineStats:
-        sizes = []
-        while self._batch_sizes:
-            sizes.append(self._batch_sizes.popleft())
-        return EngineStats(
-            num_running=len(self.scheduler.running), num_waiting=self.num_waiting(),
-            num_free_blocks=self.block_manager.num_free, num_total_blocks=self.block_manager.num_blocks,
-            num_registry_blocks=self.prompt_cache.num_blocks, num_resident_tasks=self.prompt_cache.num_resident,
-            num_steps=self.num_steps, last_batch_sizes=tuple(sizes))
-
-
-def _mark_scheduled(batch: SchedulerOutput, now: float) -> None:
-    for chunk in batch.chunks:
-        if chunk.seq is not None and chunk.seq.first_scheduled_time is None:
-            chunk.seq.first_scheduled_time = now
+            token_ids=list(request.prompt_token_ids), eos_token_ids=self.eos_token_ids,
+            max_model_len=self.max_model_len)
 
 
 def _model_max_len(config) -> int:

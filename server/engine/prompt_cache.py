@@ -31,9 +31,8 @@ class PromptCacheEntry:
     prefix_len: int  # virtual tokens; the request's own tokens start at this position
     prefix_blocks: list[int]  # read-only once materialized; shared by every request of this key
     row_ids: list[int] = field(default_factory=list)  # prompt-table rows (embedding kind)
-    num_materialized: int = 0  # leading virtual tokens whose K/V are written (or scheduled in the current step)
-    is_materializing: bool = False  # a chunk of it runs in the current step: not evictable until it ends
-    num_users: int = 0  # sequences holding it; > 0 pins it on the device
+    num_materialized: int = 0  # leading virtual tokens whose K/V are in its blocks (advanced by Scheduler.postprocess)
+    num_users: int = 0  # holders (sequences, a materialization chunk in flight); > 0 keeps it on the device
 
     @property
     def is_materialized(self) -> bool:
@@ -59,8 +58,8 @@ class PromptCache:
     def num_blocks(self) -> int:
         return sum(len(e.prefix_blocks) for e in self._entries.values())
 
-    def acquire(self, ref: TaskVersionRef) -> PromptCacheEntry:
-        """The device entry of `ref`, loaded if absent. Raises OutOfBlocksError/OutOfRowsError if no room."""
+    def hold(self, ref: TaskVersionRef) -> PromptCacheEntry:
+        """Hold `ref`'s device entry, loaded if absent, until `drop`. OutOfBlocksError/OutOfRowsError if no room."""
         key = (ref.task, ref.version, ref.subtask)
         entry = self._entries.get(key)
         if entry is None:
@@ -69,14 +68,14 @@ class PromptCache:
         entry.num_users += 1
         return entry
 
-    def release(self, entry: PromptCacheEntry) -> None:
+    def drop(self, entry: PromptCacheEntry) -> None:
         entry.num_users -= 1
-        assert entry.num_users >= 0, "prompt cache entry released more often than acquired"
+        assert entry.num_users >= 0, "prompt cache entry dropped more often than held"
 
     def evict_one(self) -> bool:
         """Free the least recently used entry nobody holds; False if every entry is in use."""
         for key, entry in self._entries.items():
-            if entry.num_users == 0 and not entry.is_materializing:
+            if entry.num_users == 0:
                 del self._entries[key]
                 self.block_manager.free(entry.prefix_blocks)
                 self.prompt_table.free(entry.row_ids)

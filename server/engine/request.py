@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from server.engine.histogram import Histogram
 
 
 class FinishReason(str, enum.Enum):
@@ -83,8 +85,8 @@ class EngineStats:
     num_total_blocks: int
     num_registry_blocks: int  # blocks holding task prefixes
     num_resident_tasks: int  # task versions with device-resident prompts
-    num_steps: int
-    last_batch_sizes: tuple[int, ...] = field(default=())  # batch sizes since the previous snapshot
+    num_steps: int  # steps that ran a batch
+    batch_sizes: Histogram  # sequences per step, since start-up
 
     @property
     def kv_cache_usage(self) -> float:

@@ -1,16 +1,24 @@
-"""Continuous batching: every step, running sequences first (decodes and unfinished prefill chunks), then waiting
-ones admitted first-come-first-served, all under one token budget and the free KV blocks. When blocks run out,
-unused prompt prefixes are evicted first, then the most recently admitted sequence is preempted (it frees its
-blocks and is recomputed later)."""
+"""Continuous batching, both halves of a step.
+
+`schedule()`: running sequences first (decodes and unfinished prefill chunks), then waiting ones admitted
+first-come-first-served, all under one token budget and the free KV blocks. When blocks run out, unused prompt
+prefixes are evicted first, then the most recently admitted sequence is preempted (it frees its blocks and is
+recomputed later).
+
+`postprocess(batch, sampled)`: what ran is now in the cache (sequences' `num_computed`, prompts'
+`num_materialized` advance), each sequence at its last token takes its sampled token, and finished sequences leave,
+freeing their blocks and prompt entries. Only these two methods move a sequence through its scheduling states.
+"""
 
 from __future__ import annotations
 
+import time
 from collections import deque
 
 from server.config import EngineConfig
-from server.engine.batch import ScheduledChunk, SchedulerOutput
+from server.engine.batch import MaterializationChunk, SchedulerOutput, SequenceChunk
 from server.engine.block_manager import BlockManager, OutOfBlocksError
-from server.engine.prompt_cache import PromptCache, PromptCacheEntry
+from server.engine.prompt_cache import PromptCache
 from server.engine.prompt_table import OutOfRowsError
 from server.engine.sequence import Sequence, SequenceStatus
 
@@ -30,6 +38,17 @@ class Scheduler:
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
+
+    def remove(self, seq: Sequence) -> None:
+        """Take a finished (or aborted) sequence out and free what it holds."""
+        assert seq.is_finished, "only a finished sequence leaves the scheduler"
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self._free(seq)
+
+    # ---- the first half of a step ----
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
@@ -55,11 +74,12 @@ class Scheduler:
         return budget
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
+        now = time.monotonic()
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
             if not self._hold_prompt(seq):
                 return
-            used, is_prompt_ready = self._materialize(seq.prompt_entry, out, budget)
+            used, is_prompt_ready = self._materialize(seq, out, budget)
             budget -= used
             num_tokens = min(seq.num_uncomputed, budget)
             if not is_prompt_ready or num_tokens <= 0 or not self._reserve(seq, seq.num_computed + num_tokens):
@@ -67,6 +87,8 @@ class Scheduler:
                 return
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
+            if seq.first_scheduled_time is None:
+                seq.first_scheduled_time = now
             self.running.append(seq)
             out.chunks.append(self._chunk(seq, num_tokens))
             budget -= num_tokens
@@ -76,42 +98,42 @@ class Scheduler:
         if seq.task_ref is None or seq.prompt_entry is not None:
             return True
         try:
-            seq.prompt_entry = self.prompt_cache.acquire(seq.task_ref)
+            seq.prompt_entry = self.prompt_cache.hold(seq.task_ref)
         except (OutOfBlocksError, OutOfRowsError):
             return False
         return True
 
     def _drop_prompt(self, seq: Sequence) -> None:
         if seq.prompt_entry is not None:
-            self.prompt_cache.release(seq.prompt_entry)
+            self.prompt_cache.drop(seq.prompt_entry)
             seq.prompt_entry = None
 
-    def _materialize(self, entry: PromptCacheEntry | None, out: SchedulerOutput, budget: int) -> tuple[int, bool]:
-        """Schedule the next chunk of a prompt-tuning prefix's one-time K/V computation.
+    def _materialize(self, seq: Sequence, out: SchedulerOutput, budget: int) -> tuple[int, bool]:
+        """Schedule the next chunk of the sequence's prompt-tuning prefix's one-time K/V computation.
 
         Returns (budget used, whether readers may be scheduled in this step). Readers scheduled after the chunk
         that completes the prefix may share its step: every layer writes all new K/V before any attention reads.
         """
+        entry = seq.prompt_entry
         if entry is None or entry.is_materialized:
             return 0, True
-        if entry.is_materializing:  # an earlier admission this step scheduled a chunk, not the last one
-            return 0, False
+        scheduled = out.materialization_of(entry)
+        if scheduled is not None:  # an earlier admission this step scheduled the prefix's next chunk
+            return 0, scheduled.own_len == entry.prefix_len
         start = entry.num_materialized
         num_tokens = min(entry.prefix_len - start, budget)
-        entry.is_materializing = True
-        entry.num_materialized += num_tokens
-        out.chunks.append(ScheduledChunk(
-            seq=None, entry=entry,
-            token_ids=tuple(self.vocab_size + row for row in entry.row_ids[start:start + num_tokens]),
+        self.prompt_cache.hold(seq.task_ref)  # the chunk's own hold: the sequence may drop the entry this step
+        out.chunks.append(MaterializationChunk(
+            entry=entry, token_ids=tuple(self.vocab_size + row for row in entry.row_ids[start:start + num_tokens]),
             start_position=start, prefix_len=0, prefix_blocks=(), own_blocks=tuple(entry.prefix_blocks),
             own_start=start, needs_logits=False))
-        return num_tokens, entry.is_materialized
+        return num_tokens, start + num_tokens == entry.prefix_len
 
-    def _chunk(self, seq: Sequence, num_tokens: int) -> ScheduledChunk:
+    def _chunk(self, seq: Sequence, num_tokens: int) -> SequenceChunk:
         entry = seq.prompt_entry
         start = seq.num_computed
-        return ScheduledChunk(
-            seq=seq, entry=entry,
+        return SequenceChunk(
+            seq=seq,
             token_ids=tuple(seq.token_ids[start:start + num_tokens]),
             start_position=seq.prefix_len + start,
             prefix_len=seq.prefix_len,
@@ -142,15 +164,24 @@ class Scheduler:
         self.block_manager.free(seq.own_blocks)
         seq.own_blocks = []
         seq.num_computed = 0
-        if seq.prompt_entry is not None:
-            self.prompt_cache.release(seq.prompt_entry)
-            seq.prompt_entry = None
+        self._drop_prompt(seq)
 
-    def finish(self, seq: Sequence) -> None:
-        """Take a finished or aborted sequence out and free what it holds."""
-        if seq in self.running:
-            self.running.remove(seq)
-        elif seq in self.waiting:
-            self.waiting.remove(seq)
-        self._free(seq)
-        seq.status = SequenceStatus.FINISHED
+    # ---- the second half of a step ----
+
+    def postprocess(self, batch: SchedulerOutput, sampled_token_ids: list[int]) -> list[Sequence]:
+        """Apply a step that ran: `sampled_token_ids` has one token per `batch.sampled_seqs`, in that order.
+
+        Returns the sequences that took a token; the finished ones among them have already left the scheduler.
+        """
+        for mat in batch.materializations:
+            mat.entry.num_materialized += mat.num_tokens
+            self.prompt_cache.drop(mat.entry)
+        for chunk in batch.sequence_chunks:
+            chunk.seq.num_computed += chunk.num_tokens
+        now = time.monotonic()
+        sampled = batch.sampled_seqs
+        for seq, token_id in zip(sampled, sampled_token_ids, strict=True):
+            seq.append_token(token_id, now)
+            if seq.is_finished:
+                self.remove(seq)
+        return sampled

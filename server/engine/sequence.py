@@ -1,17 +1,21 @@
-"""The engine's per-request state."""
+"""The engine's per-request state, and the transitions a request makes by itself: taking a sampled token,
+finishing, and turning what is new into the RequestOutput its caller receives.
+
+What the scheduler assigns (status between waiting and running, blocks, the prompt entry, `num_computed`,
+`num_preemptions`, `first_scheduled_time`) is changed only in scheduler.py.
+"""
 
 from __future__ import annotations
 
 import enum
 import time
 from dataclasses import dataclass, field
-
 from typing import TYPE_CHECKING
 
 import torch
 
 from server.engine.detokenizer import IncrementalDetokenizer
-from server.engine.request import FinishReason, GenerationRequest
+from server.engine.request import FinishReason, GenerationRequest, RequestOutput, RequestTimings
 from server.engine.stop_strings import StopStringMatcher
 
 if TYPE_CHECKING:
@@ -33,6 +37,8 @@ class Sequence:
     stop_matcher: StopStringMatcher
     generator: torch.Generator | None  # per-request RNG, so a seed gives the same output in any batch
     token_ids: list[int] = field(default_factory=list)  # prompt then generated
+    eos_token_ids: frozenset[int] = frozenset()  # generation ends on one of these, unless sampling.ignore_eos
+    max_model_len: int | None = None  # virtual + own tokens at which generation ends; None: no cap
     num_computed: int = 0  # own tokens whose K/V are in the cache
     own_blocks: list[int] = field(default_factory=list)  # cache blocks after the shared prefix blocks
     prompt_entry: PromptCacheEntry | None = None  # PromptCacheEntry while the prefix is held on the device
@@ -57,10 +63,6 @@ class Sequence:
         return len(self.token_ids) - self.num_prompt_tokens
 
     @property
-    def generated_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt_tokens:]
-
-    @property
     def num_uncomputed(self) -> int:
         return len(self.token_ids) - self.num_computed
 
@@ -71,3 +73,47 @@ class Sequence:
     @property
     def is_finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
+
+    def append_token(self, token_id: int, now: float) -> None:
+        """Take the token sampled for this sequence; finish if it ends the generation."""
+        self.token_ids.append(token_id)
+        self.pending_token_ids.append(token_id)
+        if self.first_token_time is None:
+            self.first_token_time = now
+        reason = self._stop_reason(token_id)
+        if reason is not None:
+            self.finish(reason)
+
+    def _stop_reason(self, token_id: int) -> FinishReason | None:
+        if token_id in self.eos_token_ids and not self.request.sampling.ignore_eos:
+            return FinishReason.EOS  # its text is never produced
+        self.stop_matcher.add(self.detokenizer.add(token_id))
+        if self.stop_matcher.is_stopped:
+            return FinishReason.STOP
+        is_at_max_len = self.max_model_len is not None and self.prefix_len + len(self.token_ids) >= self.max_model_len
+        if self.num_generated >= self.request.sampling.max_new_tokens or is_at_max_len:
+            return FinishReason.LENGTH
+        return None
+
+    def finish(self, reason: FinishReason) -> None:
+        """Generation is over (the scheduler then frees what the sequence holds)."""
+        self.status = SequenceStatus.FINISHED
+        self.finish_reason = reason
+
+    def take_output(self, now: float) -> RequestOutput:
+        """Everything new since the last output; on the last one, the held-back text too."""
+        finished = self.is_finished
+        if finished and self.finish_reason is not FinishReason.STOP:
+            self.stop_matcher.add(self.detokenizer.flush())
+        new_ids = tuple(self.pending_token_ids)
+        self.pending_token_ids.clear()
+        timings = None
+        if finished:
+            timings = RequestTimings(arrival_time=self.arrival_time, first_scheduled_time=self.first_scheduled_time,
+                                     first_token_time=self.first_token_time, finished_time=now)
+        return RequestOutput(
+            request_id=self.request_id, new_token_ids=new_ids, new_text=self.stop_matcher.take(final=finished),
+            finished=finished, finish_reason=self.finish_reason, num_prompt_tokens=self.num_prompt_tokens,
+            num_generated_tokens=self.num_generated,
+            task=self.task_ref.task if self.task_ref else None,
+            task_version=self.task_ref.version if self.task_ref else None, timings=timings)

@@ -18,7 +18,6 @@ from prompt_store.errors import (
     InvalidPromptError,
     InvalidTaskNameError,
     PromptTooLargeError,
-    RegistryFullError,
     StorageError,
     UnknownTaskError,
 )
@@ -74,7 +73,6 @@ _KINDS: dict[type[BaseException], ErrorKind] = {
     PromptTooLargeError: TOO_LARGE,
     UnknownTaskError: NOT_FOUND,
     QueueFullError: OVERLOADED,
-    RegistryFullError: OVERLOADED,
     StorageError: STORAGE,
     EngineNotReadyError: UNAVAILABLE,
     ServiceUnavailableError: UNAVAILABLE,

@@ -26,11 +26,14 @@ class ServiceState:
 
     def __init__(self, engine: EngineClient):
         self._engine = engine
-        self.is_draining = False
         self._was_ready_at_drain = False
         self.num_in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+
+    @property
+    def is_draining(self) -> bool:
+        return self._engine.is_draining  # the engine client owns the flag; `drain()` sets it there
 
     def status(self) -> str:
         """ready | loading | draining | failed (the engine thread died, at start-up or later)."""
@@ -68,7 +71,6 @@ class ServiceState:
     async def drain(self, timeout_s: float) -> bool:
         """Stop admitting and wait for requests in flight; False if some were still running at the timeout."""
         self._was_ready_at_drain = self._engine.is_ready()
-        self.is_draining = True
         self._engine.begin_drain()
         logger.info("draining: %d request(s) in flight, waiting up to %.0f s", self.num_in_flight, timeout_s)
         try:

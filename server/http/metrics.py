@@ -1,6 +1,7 @@
 """Prometheus metrics; every name in the API contract's Metrics section, prefixed `promptswap_`.
 
-Request-side metrics are observed as requests finish; engine and registry state is read when /metrics is scraped.
+Request-side metrics are observed as requests finish; engine and registry state (the engine's batch-size histogram
+included) is read when /metrics is scraped, without changing it.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ import time
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
+from server.engine import histogram as engine_histogram
 from server.engine.request import EngineStats, FinishReason, RequestOutput
 
 disable_created_metrics()  # `*_created` series double the output and no dashboard reads them
@@ -27,8 +30,8 @@ _PER_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05,
                       0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
 # fmt: on
 _E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0)
-_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _UPLOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_NO_BATCHES = engine_histogram.Histogram(engine_histogram.BATCH_SIZE_BUCKETS)  # before the engine is loaded
 
 
 class TaskLabels:
@@ -77,7 +80,6 @@ class Metrics:
         )
         self.e2e_latency = histogram("e2e_request_latency_seconds", "Arrival to last token", _E2E_BUCKETS)
         self.queue_time = histogram("request_queue_time_seconds", "Arrival to first scheduled", _LATENCY_BUCKETS)
-        self.batch_size = histogram("batch_size", "Sequences per engine step", _BATCH_BUCKETS)
         self.upload_seconds = histogram("prompt_upload_seconds", "Upload validation and storage time", _UPLOAD_BUCKETS)
         # Series that exist (at 0) before the first request, so dashboards and alerts see them from the start.
         self.prompt_tokens.labels(base_model_id)
@@ -106,14 +108,12 @@ class Metrics:
 
     def render(self, engine_stats: EngineStats | None, registry_stats) -> bytes:
         """The exposition text, with engine and registry state taken just now (None: not loaded yet)."""
-        for size in engine_stats.last_batch_sizes if engine_stats else ():
-            self.batch_size.observe(size)
         self._state.update(engine_stats, registry_stats)
         return generate_latest(self.registry)
 
 
 class _EngineStateCollector(Collector):
-    """Gauges and engine-owned counters, from the snapshots taken at scrape time."""
+    """Gauges and engine-owned counters and histograms, from the snapshots taken at scrape time."""
 
     def __init__(self):
         self._engine_stats: EngineStats | None = None
@@ -126,6 +126,7 @@ class _EngineStateCollector(Collector):
         engine, registry = self._engine_stats, self._registry_stats
         yield _gauge("num_requests_running", "Requests in the running batch", engine.num_running if engine else 0)
         yield _gauge("num_requests_waiting", "Requests waiting for admission", engine.num_waiting if engine else 0)
+        yield _histogram("batch_size", "Sequences per engine step", engine.batch_sizes if engine else _NO_BATCHES)
         yield _gauge(
             "kv_cache_usage_ratio", "Fraction of KV cache blocks in use", engine.kv_cache_usage if engine else 0.0
         )
@@ -153,3 +154,8 @@ class _EngineStateCollector(Collector):
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(f"promptswap_{name}", documentation, value=value)
+
+
+def _histogram(name: str, documentation: str, histogram: engine_histogram.Histogram) -> HistogramMetricFamily:
+    buckets = [(floatToGoString(bound), count) for bound, count in histogram.cumulative()]
+    return HistogramMetricFamily(f"promptswap_{name}", documentation, buckets=buckets, sum_value=histogram.total)

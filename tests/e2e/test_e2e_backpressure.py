@@ -10,21 +10,14 @@ import threading
 import httpx
 import pytest
 
-from tests.e2e.server_process import metric_value, start_server, wait_until
+from tests.e2e.server_process import metric_value, wait_until
 
 LONG = 400  # tokens: far longer than any check below waits
-ENV = {"PROMPTSWAP_MAX_NUM_SEQS": "1", "PROMPTSWAP_MAX_WAITING": "1", "PROMPTSWAP_MAX_MODEL_LEN": "512"}
-
-
-@pytest.fixture(scope="module")
-def server(tiny_llama_dir, tmp_path_factory):
-    server = start_server(tiny_llama_dir, tmp_path_factory.mktemp("e2e-backpressure"), env=ENV)
-    yield server
-    assert server.stop() == 0, server.log()
+SERVER_ENV = {"PROMPTSWAP_MAX_NUM_SEQS": "1", "PROMPTSWAP_MAX_WAITING": "1", "PROMPTSWAP_MAX_MODEL_LEN": "512"}
 
 
 @pytest.fixture
-def client(server):
+def client(server):  # per test, unlike tests/e2e/conftest.py's: each test must leave the server idle
     with httpx.Client(base_url=server.url, timeout=120) as client:
         yield client
         wait_until(

@@ -16,9 +16,8 @@ import openai
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoTokenizer
 
-from tests.e2e.server_process import ROOT, metric_value, sse_payloads, start_server, upload_adapter
+from tests.e2e.server_process import ROOT, metric_value, sse_payloads, upload_adapter
 from tests.support.reference import base_greedy, peft_greedy
 
 MAX_NEW_TOKENS = 6
@@ -30,30 +29,7 @@ ADAPTERS = {  # task -> (peft_type, training options)
     "geo-prefix-plain": ("PREFIX_TUNING", {}),
 }
 MAX_BODY_BYTES = 1_000_000
-
-
-@pytest.fixture(scope="module")
-def server(tiny_llama_dir, tmp_path_factory):
-    server = start_server(
-        tiny_llama_dir,
-        tmp_path_factory.mktemp("e2e-generation"),
-        env={"PROMPTSWAP_MAX_BODY_BYTES": str(MAX_BODY_BYTES)},
-    )
-    yield server
-    assert server.stop() == 0, server.log()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with httpx.Client(base_url=server.url, timeout=120) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def adapters(tiny_llama_dir, adapter_factory) -> dict[str, Path]:
-    return {
-        task: adapter_factory(tiny_llama_dir, peft_type, **options) for task, (peft_type, options) in ADAPTERS.items()
-    }
+SERVER_ENV = {"PROMPTSWAP_MAX_BODY_BYTES": str(MAX_BODY_BYTES)}
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +39,6 @@ def tasks(server, client, adapters) -> dict[str, Path]:
         assert response.status_code == 201, response.text
         assert response.json()["version"] == 1
     return adapters
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_llama_dir):
-    return AutoTokenizer.from_pretrained(tiny_llama_dir)
 
 
 @pytest.fixture(scope="module")

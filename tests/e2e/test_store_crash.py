@@ -9,15 +9,11 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
-import pytest
-from transformers import AutoTokenizer
 
 from tests.e2e.server_process import metric_value, start_server
 from tests.e2e.store_client import adapter_bytes, generate, list_tasks, put_prompt
-from tests.support.reference import peft_greedy
 
 NUM_KILLS = 3
 TASKS = ["crash-a", "crash-b", "crash-c"]
@@ -71,19 +67,6 @@ class StoreModel:
             self.highest[op.task] = op.version
             others = sorted(self.kept[op.task])[-VERSIONS_KEPT:]
             self.kept[op.task] = {*others, op.version}
-
-
-@pytest.fixture(scope="module")
-def adapters(tiny_llama_dir, adapter_factory) -> dict[str, Path]:
-    return {name: adapter_factory(tiny_llama_dir, peft_type, **opts) for name, (peft_type, opts) in ADAPTERS.items()}
-
-
-@pytest.fixture(scope="module")
-def references(adapters, tiny_llama_dir) -> dict[str, list[int]]:
-    input_ids = AutoTokenizer.from_pretrained(tiny_llama_dir)(PROMPT).input_ids
-    tokens = {name: peft_greedy(tiny_llama_dir, path, input_ids, MAX_NEW_TOKENS) for name, path in adapters.items()}
-    assert tokens["prompt"] != tokens["prefix"], "the adapters must be told apart by their output"
-    return tokens
 
 
 def test_kill_9_at_random_moments_leaves_every_task_old_or_new(tiny_llama_dir, tmp_path, adapters, references):

@@ -24,36 +24,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prompt_store.task_names import is_valid_task_name
-from tests.e2e.server_process import start_server
 from tests.e2e.store_client import adapter_bytes, list_tasks, put_prompt, store_digest
 
 MAX_BODY_BYTES = 1_000_000
 MAX_FILE_BYTES = 300_000
 MAX_VIRTUAL_TOKENS = 64
+SERVER_ENV = {
+    "PROMPTSWAP_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
+    "PROMPTSWAP_MAX_FILE_BYTES": str(MAX_FILE_BYTES),
+    "PROMPTSWAP_MAX_VIRTUAL_TOKENS": str(MAX_VIRTUAL_TOKENS),
+}
+CLIENT_TIMEOUT_S = 60
 MODEL_PROBLEM = r"adapter_model\.safetensors|tensor 'prompt_embeddings'"
 PICKLE_PROBLEM = r"pickled files are refused"
 CHUNKED_PART_HEAD = b'--x\r\nContent-Disposition: form-data; name="adapter_model"; filename="m"\r\n\r\n'
 HTTP_FUZZ = settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
-
-
-@pytest.fixture(scope="module")
-def server(tiny_llama_dir, tmp_path_factory):
-    env = {
-        "PROMPTSWAP_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
-        "PROMPTSWAP_MAX_FILE_BYTES": str(MAX_FILE_BYTES),
-        "PROMPTSWAP_MAX_VIRTUAL_TOKENS": str(MAX_VIRTUAL_TOKENS),
-    }
-    server = start_server(tiny_llama_dir, tmp_path_factory.mktemp("e2e-store-fuzz"), env=env)
-    yield server
-    assert server.stop() == 0, server.log()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with httpx.Client(base_url=server.url, timeout=60) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,10 @@ import time
 from bisect import bisect_right
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
-import pytest
-from transformers import AutoTokenizer
 
-from tests.e2e.server_process import metric_value, start_server
+from tests.e2e.server_process import metric_value
 from tests.e2e.store_client import Generation, adapter_bytes, generate, list_tasks, put_prompt
 from tests.support.reference import peft_greedy
 
@@ -48,37 +45,6 @@ class Served:
     sent_at: float
     received_at: float
     generation: Generation
-
-
-@pytest.fixture(scope="module")
-def server(tiny_llama_dir, tmp_path_factory):
-    server = start_server(tiny_llama_dir, tmp_path_factory.mktemp("e2e-hot-swap"))
-    yield server
-    assert server.stop() == 0, server.log()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with httpx.Client(base_url=server.url, timeout=120) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def adapters(tiny_llama_dir, adapter_factory) -> dict[str, Path]:
-    return {name: adapter_factory(tiny_llama_dir, peft_type, **opts) for name, (peft_type, opts) in ADAPTERS.items()}
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_llama_dir):
-    return AutoTokenizer.from_pretrained(tiny_llama_dir)
-
-
-@pytest.fixture(scope="module")
-def references(adapters, tiny_llama_dir, tokenizer) -> dict[str, list[int]]:
-    input_ids = tokenizer(PROMPT).input_ids
-    tokens = {name: peft_greedy(tiny_llama_dir, path, input_ids, MAX_NEW_TOKENS) for name, path in adapters.items()}
-    assert len({tuple(t) for t in tokens.values()}) == len(tokens), "every adapter must give a different output"
-    return tokens
 
 
 def test_swaps_under_load_fail_nothing_and_serve_exactly_one_version(server, client, adapters, references):

@@ -13,8 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from loadtest.store_bench import clone_task
 from prompt_store.registry import PromptRegistry
@@ -23,10 +22,9 @@ from server.config import StoreConfig
 from server.model.shape import model_shape
 from tests.e2e.server_process import ROOT, free_port, metric_value, start_server
 from tests.e2e.store_client import MODEL_FILE, adapter_bytes, generate
-from tests.support.reference import peft_greedy
 
 NUM_TASKS = 10_000
-TEMPLATES = {  # kind -> (peft_type, training options), the same as test_e2e_generation's (trained once)
+ADAPTERS = {  # kind -> (peft_type, training options), the same as test_e2e_generation's (trained once)
     "prompt": ("PROMPT_TUNING", {}),
     "prefix": ("PREFIX_TUNING", {"prefix_projection": True}),
 }
@@ -41,17 +39,6 @@ TIER_ENV = {
     "PROMPTSWAP_KV_BLOCKS": "12",  # a prefix (or materialized prompt) takes one 16-token block
     "PROMPTSWAP_MAX_MODEL_LEN": "128",
 }
-
-
-@pytest.fixture(scope="module")
-def adapters(tiny_llama_dir, adapter_factory) -> dict[str, Path]:
-    return {kind: adapter_factory(tiny_llama_dir, peft_type, **opts) for kind, (peft_type, opts) in TEMPLATES.items()}
-
-
-@pytest.fixture(scope="module")
-def references(adapters, tiny_llama_dir) -> dict[str, list[int]]:
-    input_ids = AutoTokenizer.from_pretrained(tiny_llama_dir)(PROMPT).input_ids
-    return {kind: peft_greedy(tiny_llama_dir, path, input_ids, MAX_NEW_TOKENS) for kind, path in adapters.items()}
 
 
 def task_name(index: int) -> str:
@@ -125,7 +112,7 @@ def _cold_and_warm(client: httpx.Client, references) -> tuple[dict[str, list[flo
     rng = random.Random(0)
     timings: dict[str, list[float]] = {"base model": [_timed_generate(client, "")[1] for _ in range(3)]}
     cold_tasks = []
-    for kind in TEMPLATES:
+    for kind in ADAPTERS:
         indexes = range(2 + (kind == "prefix"), NUM_TASKS, 2)
         for task in map(task_name, rng.sample(indexes, NUM_COLD_PER_KIND)):
             for temperature in ("cold", "warm"):

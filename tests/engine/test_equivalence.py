@@ -39,6 +39,7 @@ def base_dir(request, tiny_llama_dir, tiny_gpt2_dir):
     return {"llama": tiny_llama_dir, "gpt2": tiny_gpt2_dir}[request.param]
 
 
+@pytest.mark.slow  # trains 7 adapters per model and runs PEFT references for 16 requests
 def test_mixed_batch_matches_peft(base_dir, adapter_factory):
     adapters = {task: adapter_factory(base_dir, peft_type, **options) for task, peft_type, options in ADAPTERS}
     # block size 4 and a 24-token budget: prefixes that end mid-block, prompts prefilled in chunks
@@ -78,6 +79,7 @@ def test_engine_frees_everything_after_mixed_batch(tiny_llama_dir, adapter_facto
     assert stats.num_free_blocks == 64 - 3 - 2
     assert engine.registry.stats().num_pinned_versions == 0
     assert stats.num_running == stats.num_waiting == 0
+    assert stats.batch_sizes.count == stats.num_steps > 0 and engine.stats() == stats  # reading changes nothing
 
 
 def test_prompt_longer_than_the_step_budget_is_materialized_in_chunks(tiny_llama_dir, adapter_factory):

@@ -5,26 +5,19 @@ Prompts are real PEFT files (`get_peft_model(...).save_pretrained`) uploaded to 
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
-from peft import (
-    MultitaskPromptTuningConfig,
-    PrefixTuningConfig,
-    PromptTuningConfig,
-    get_peft_model,
-)
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from kernels.paged_attention import context_slots
+from common.model_shape import ModelShape
+from kernels.paged_attention_reference import context_slots
 from prompt_store.registry import PromptRegistry
-from prompt_store.spec import ModelShape, PromptKind
+from prompt_store.spec import PromptKind
 from server.config import StoreConfig
 from server.engine.block_manager import BlockManager, OutOfBlocksError
 from server.engine.kv_cache import KVCache
 from server.engine.prompt_cache import PromptCache
 from server.engine.prompt_table import OutOfRowsError, PromptTable
+from tests.support.adapters import adapter_files
 
 SHAPE = ModelShape(hidden_size=32, num_layers=2, num_kv_heads=2, head_dim=8, vocab_size=100)
 BLOCK_SIZE = 4
@@ -32,22 +25,9 @@ CPU = torch.device("cpu")
 
 
 def peft_files(tmp_path, peft_type: str, num_virtual_tokens: int, seed: int = 0, **options) -> tuple[bytes, bytes]:
-    """adapter_config.json and adapter_model.safetensors as PEFT saves them for a tiny random Llama of SHAPE."""
-    torch.manual_seed(seed)
-    base = LlamaForCausalLM(LlamaConfig(
-        hidden_size=SHAPE.hidden_size, intermediate_size=64, num_attention_heads=4,
-        num_key_value_heads=SHAPE.num_kv_heads, num_hidden_layers=SHAPE.num_layers, vocab_size=SHAPE.vocab_size))
-    config_class = {"PROMPT_TUNING": PromptTuningConfig, "PREFIX_TUNING": PrefixTuningConfig,
-                    "MULTITASK_PROMPT_TUNING": MultitaskPromptTuningConfig}[peft_type]
+    """What PEFT saves for a tiny random Llama of SHAPE; prefixes drawn at random so cache slots tell apart."""
     folder = tmp_path / f"{peft_type}-{num_virtual_tokens}-{seed}"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = get_peft_model(base, config_class(task_type="CAUSAL_LM", num_virtual_tokens=num_virtual_tokens,
-                                                  **options))
-        if peft_type == "PREFIX_TUNING":  # PEFT initializes the prefix at zero: make it tell slots apart
-            torch.nn.init.normal_(model.prompt_encoder["default"].embedding.weight)
-        model.save_pretrained(folder)
-    return (folder / "adapter_config.json").read_bytes(), (folder / "adapter_model.safetensors").read_bytes()
+    return adapter_files(folder, SHAPE, peft_type, num_virtual_tokens, seed, random_prefix=True, **options)
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +64,8 @@ def _accounting_holds(cache: PromptCache) -> bool:
 
 def test_prompt_tuning_entry_holds_its_rows_and_blocks_for_materialization(registry):
     cache = make_cache(registry)
-    ref = registry.acquire("pt6")
-    entry = cache.acquire(ref)
+    ref = registry.pin("pt6")
+    entry = cache.hold(ref)
     spec = registry.spec(ref)
     assert entry.kind is PromptKind.EMBEDDING and entry.prefix_len == 6
     assert len(entry.prefix_blocks) == 2 and not entry.is_materialized  # K/V computed later, by the runner
@@ -93,15 +73,15 @@ def test_prompt_tuning_entry_holds_its_rows_and_blocks_for_materialization(regis
     torch.testing.assert_close(cache.prompt_table.rows[entry.row_ids], spec.tensor[0], rtol=0, atol=0)
     assert cache.prompt_table.num_free == 64 - 6
     assert _accounting_holds(cache) and cache.num_loads == 1 and entry.num_users == 1
-    registry.release(ref)
+    registry.unpin(ref)
 
 
 @pytest.mark.parametrize("task", ["prefix7", "prefix9"])
 def test_prefix_kv_is_written_into_the_entry_slots(registry, task):
     cache = make_cache(registry)
     before = _flat(cache).clone()
-    ref = registry.acquire(task)
-    entry = cache.acquire(ref)
+    ref = registry.pin(task)
+    entry = cache.hold(ref)
     spec = registry.spec(ref)  # [1, L, 2, p, Hkv, D]
     p = spec.num_virtual_tokens
     assert entry.kind is PromptKind.PREFIX_KV and entry.is_materialized and entry.prefix_len == p
@@ -113,121 +93,123 @@ def test_prefix_kv_is_written_into_the_entry_slots(registry, task):
     untouched = torch.ones(flat.shape[2], dtype=torch.bool)
     untouched[slots] = False
     assert torch.equal(flat[:, :, untouched], before[:, :, untouched])  # nothing else written
-    registry.release(ref)
+    registry.unpin(ref)
 
 
 def test_multitask_sub_tasks_are_separate_entries_with_their_own_rows(registry):
     cache = make_cache(registry)
-    refs = [registry.acquire("multi", subtask) for subtask in range(3)]
-    entries = [cache.acquire(ref) for ref in refs]
+    refs = [registry.pin("multi", subtask) for subtask in range(3)]
+    entries = [cache.hold(ref) for ref in refs]
     spec = registry.spec(refs[0])
     assert len({id(e) for e in entries}) == 3 and cache.num_resident == 3
     for subtask, entry in enumerate(entries):
         torch.testing.assert_close(cache.prompt_table.rows[entry.row_ids], spec.tensor[subtask], rtol=0, atol=0)
     assert not torch.equal(spec.tensor[0], spec.tensor[1])
     for ref in refs:
-        registry.release(ref)
+        registry.unpin(ref)
 
 
 def test_acquiring_again_reuses_the_entry(registry):
     cache = make_cache(registry)
-    ref = registry.acquire("prefix7")
-    first = cache.acquire(ref)
+    ref = registry.pin("prefix7")
+    first = cache.hold(ref)
     free = cache.block_manager.num_free
-    second = cache.acquire(ref)
+    second = cache.hold(ref)
     assert second is first and first.num_users == 2
     assert cache.num_loads == 1 and cache.block_manager.num_free == free
-    cache.release(first)
-    cache.release(second)
+    cache.drop(first)
+    cache.drop(second)
     assert first.num_users == 0 and cache.num_resident == 1  # unused entries stay resident
-    registry.release(ref)
+    registry.unpin(ref)
 
 
-def _load_and_release(cache, registry, task):
-    ref = registry.acquire(task)
-    entry = cache.acquire(ref)
-    cache.release(entry)
-    registry.release(ref)
+def _load_and_drop(cache, registry, task):
+    ref = registry.pin(task)
+    entry = cache.hold(ref)
+    cache.drop(entry)
+    registry.unpin(ref)
     return entry
 
 
 def test_eviction_is_least_recently_used_and_frees_blocks_and_rows(registry):
     # blocks: pt5 2 + pt6 2 + pt7 2 = all 6 -> prefix9 (3 blocks) needs two evictions
     cache = make_cache(registry, num_blocks=6, num_rows=64)
-    entries = {task: _load_and_release(cache, registry, task) for task in ("pt5", "pt6", "pt7")}
-    _load_and_release(cache, registry, "pt5")  # touch pt5: now pt6 is the least recently used
+    entries = {task: _load_and_drop(cache, registry, task) for task in ("pt5", "pt6", "pt7")}
+    _load_and_drop(cache, registry, "pt5")  # touch pt5: now pt6 is the least recently used
     rows_free = cache.prompt_table.num_free
-    _load_and_release(cache, registry, "prefix9")
+    _load_and_drop(cache, registry, "prefix9")
     resident = {key[0] for key in cache._entries}
     assert resident == {"pt5", "prefix9"}
     assert cache.num_evictions == 2
     assert cache.prompt_table.num_free == rows_free + 6 + 7  # pt6's and pt7's rows back
     assert _accounting_holds(cache)
     # freed rows and blocks are reused: pt6 loads again (evicting pt5, now the least recently used)
-    reloaded = _load_and_release(cache, registry, "pt6")
+    reloaded = _load_and_drop(cache, registry, "pt6")
     assert reloaded is not entries["pt6"] and cache.num_loads == 5
     assert {key[0] for key in cache._entries} == {"prefix9", "pt6"} and _accounting_holds(cache)
 
 
 def test_evict_one_skips_entries_in_use_and_materializing(registry):
     cache = make_cache(registry)
-    held_ref = registry.acquire("pt5")
-    held = cache.acquire(held_ref)
-    materializing = _load_and_release(cache, registry, "pt6")
-    materializing.is_materializing = True
+    held_ref = registry.pin("pt5")
+    held = cache.hold(held_ref)
+    materializing_ref = registry.pin("pt6")
+    materializing = _load_and_drop(cache, registry, "pt6")
+    cache.hold(materializing_ref)  # what the scheduler does for a materialization chunk in flight
     assert not cache.evict_one()
-    materializing.is_materializing = False
+    cache.drop(materializing)  # the step's postprocess
     assert cache.evict_one()
     assert [key[0] for key in cache._entries] == ["pt5"] and held.num_users == 1
     assert not cache.evict_one()
-    registry.release(held_ref)
+    registry.unpin(held_ref)
+    registry.unpin(materializing_ref)
 
 
 def test_out_of_blocks_only_when_every_entry_is_in_use(registry):
     cache = make_cache(registry, num_blocks=5)
-    held_ref = registry.acquire("prefix9")
-    cache.acquire(held_ref)  # 3 blocks, in use
-    _load_and_release(cache, registry, "pt5")  # 2 blocks, unused
-    ref = registry.acquire("pt6")
-    cache.acquire(ref)  # fits by evicting pt5
+    held_ref = registry.pin("prefix9")
+    cache.hold(held_ref)  # 3 blocks, in use
+    _load_and_drop(cache, registry, "pt5")  # 2 blocks, unused
+    ref = registry.pin("pt6")
+    cache.hold(ref)  # fits by evicting pt5
     assert {key[0] for key in cache._entries} == {"prefix9", "pt6"}
     free, entries, rows = cache.block_manager.num_free, dict(cache._entries), cache.prompt_table.num_free
-    other = registry.acquire("pt7")
+    other = registry.pin("pt7")
     with pytest.raises(OutOfBlocksError):
-        cache.acquire(other)  # both resident entries are held
+        cache.hold(other)  # both resident entries are held
     assert (cache.block_manager.num_free, dict(cache._entries), cache.prompt_table.num_free) == (free, entries, rows)
     assert _accounting_holds(cache)
     for r in (held_ref, ref, other):
-        registry.release(r)
+        registry.unpin(r)
 
 
 def test_out_of_rows_only_when_every_entry_is_in_use_and_no_blocks_leak(registry):
     cache = make_cache(registry, num_blocks=32, num_rows=12)
-    _load_and_release(cache, registry, "pt7")  # 7 rows, unused
-    held_ref = registry.acquire("pt5")
-    cache.acquire(held_ref)  # 5 rows, in use: table full
-    ref = registry.acquire("pt6")
-    cache.acquire(ref)  # needs 6 rows: evicts pt7
+    _load_and_drop(cache, registry, "pt7")  # 7 rows, unused
+    held_ref = registry.pin("pt5")
+    cache.hold(held_ref)  # 5 rows, in use: table full
+    ref = registry.pin("pt6")
+    cache.hold(ref)  # needs 6 rows: evicts pt7
     assert {key[0] for key in cache._entries} == {"pt5", "pt6"} and cache.prompt_table.num_free == 1
     free = cache.block_manager.num_free
-    other = registry.acquire("pt7")
+    other = registry.pin("pt7")
     with pytest.raises(OutOfRowsError):
-        cache.acquire(other)
+        cache.hold(other)
     assert cache.block_manager.num_free == free  # the blocks taken for the failed load went back
     assert {key[0] for key in cache._entries} == {"pt5", "pt6"} and _accounting_holds(cache)
     for r in (held_ref, ref, other):
-        registry.release(r)
+        registry.unpin(r)
 
 
 def test_a_new_task_version_is_a_new_entry(registry, tmp_path):
     cache = make_cache(registry)
-    old_ref = registry.acquire("pt5")
-    old = cache.acquire(old_ref)
+    old_ref = registry.pin("pt5")
+    old = cache.hold(old_ref)
     registry.upload("pt5", *peft_files(tmp_path, "PROMPT_TUNING", 5, seed=99))
-    new_ref = registry.acquire("pt5")
-    new = cache.acquire(new_ref)
+    new_ref = registry.pin("pt5")
+    new = cache.hold(new_ref)
     assert new_ref.version == old_ref.version + 1 and new is not old
     assert not torch.equal(cache.prompt_table.rows[new.row_ids], cache.prompt_table.rows[old.row_ids])
-    registry.release(old_ref)
-    registry.release(new_ref)
+    registry.unpin(old_ref)
+    registry.unpin(new_ref)
     registry.activate("pt5", old_ref.version)  # leave the module's registry as it was

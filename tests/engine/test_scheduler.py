@@ -1,41 +1,34 @@
 """Scheduler without a model: continuous batching, chunked prefill, shared prompt prefixes, eviction, preemption.
 
-Prompts are real PEFT files uploaded to an in-memory PromptRegistry. A step applies the scheduler's output the
-way `LLMEngine._postprocess` does (materialized flags, num_computed, one fake token per chunk that needs logits),
-and every step is checked against the scheduler's invariants (`Sim.check`).
+Prompts are real PEFT files uploaded to an in-memory PromptRegistry. A step is the engine's without the model:
+`Scheduler.schedule`, then the real `Scheduler.postprocess` with one fake token per sequence that asks for one, and
+every step is checked against the scheduler's invariants (`Sim.check`) between the two.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from peft import (
-    MultitaskPromptTuningConfig,
-    PrefixTuningConfig,
-    PromptTuningConfig,
-    get_peft_model,
-)
-from transformers import LlamaConfig, LlamaForCausalLM
 
+from common.model_shape import ModelShape
 from prompt_store.registry import PromptRegistry
-from prompt_store.spec import ModelShape, PromptKind
+from prompt_store.spec import PromptKind
 from server.config import EngineConfig, StoreConfig
-from server.engine.batch import SchedulerOutput
+from server.engine.batch import MaterializationChunk, SchedulerOutput
 from server.engine.block_manager import BlockManager
 from server.engine.detokenizer import IncrementalDetokenizer
 from server.engine.kv_cache import KVCache
-from server.engine.output_builder import finish_sequence
 from server.engine.prompt_cache import PromptCache
 from server.engine.prompt_table import PromptTable
 from server.engine.request import FinishReason, GenerationRequest, SamplingParams
 from server.engine.scheduler import Scheduler
 from server.engine.sequence import Sequence, SequenceStatus
 from server.engine.stop_strings import StopStringMatcher
+from tests.support.adapters import adapter_files
 
 VOCAB = 100
 SHAPE = ModelShape(hidden_size=32, num_layers=2, num_kv_heads=2, head_dim=8, vocab_size=VOCAB)
@@ -50,29 +43,14 @@ TASKS = {
 }
 
 
-def _peft_files(folder, peft_type: str, num_virtual_tokens: int, seed: int, **options) -> tuple[bytes, bytes]:
-    """What PEFT's save_pretrained writes for a tiny random Llama of SHAPE."""
-    torch.manual_seed(seed)
-    base = LlamaForCausalLM(LlamaConfig(
-        hidden_size=SHAPE.hidden_size, intermediate_size=64, num_attention_heads=4,
-        num_key_value_heads=SHAPE.num_kv_heads, num_hidden_layers=SHAPE.num_layers, vocab_size=VOCAB))
-    config_class = {"PROMPT_TUNING": PromptTuningConfig, "PREFIX_TUNING": PrefixTuningConfig,
-                    "MULTITASK_PROMPT_TUNING": MultitaskPromptTuningConfig}[peft_type]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        get_peft_model(base, config_class(task_type="CAUSAL_LM", num_virtual_tokens=num_virtual_tokens,
-                                          **options)).save_pretrained(folder)
-    return (folder / "adapter_config.json").read_bytes(), (folder / "adapter_model.safetensors").read_bytes()
-
-
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
     root = tmp_path_factory.mktemp("peft")
     reg = PromptRegistry(SHAPE, StoreConfig(), "tiny-base", None)
     for seed, (task, (peft_type, p, options)) in enumerate(TASKS.items()):
-        reg.upload(task, *_peft_files(root / task, peft_type, p, seed, **options))
+        reg.upload(task, *adapter_files(root / task, SHAPE, peft_type, p, seed, **options))
     reg.spare_files = {  # a second version of pt4, for tests that upload it
-        "pt4": _peft_files(root / "pt4-v2", "PROMPT_TUNING", 4, seed=50)}
+        "pt4": adapter_files(root / "pt4-v2", SHAPE, "PROMPT_TUNING", 4, seed=50)}
     return reg
 
 
@@ -117,22 +95,22 @@ class Sim:
         request = GenerationRequest(request_id=f"r{len(self.arrivals)}", prompt_token_ids=prompt,
                                     sampling=SamplingParams(max_new_tokens=max_new_tokens), task=task,
                                     subtask=subtask)
-        task_ref = self.registry.acquire(task, subtask) if task is not None else None
+        task_ref = self.registry.pin(task, subtask) if task is not None else None
         seq = Sequence(request=request, task_ref=task_ref,
                        detokenizer=IncrementalDetokenizer(_Tokenizer(), prompt), stop_matcher=StopStringMatcher(()),
-                       generator=None, token_ids=list(prompt))
+                       generator=None, token_ids=list(prompt), max_model_len=self.max_model_len)
         self.scheduler.add(seq)
         self.arrivals.append(seq)
         return seq
 
     def abort(self, seq: Sequence) -> None:
-        finish_sequence(seq, FinishReason.ABORTED)
-        self._retire(seq)
+        seq.finish(FinishReason.ABORTED)
+        self.scheduler.remove(seq)
+        self._unpin(seq)
 
-    def _retire(self, seq: Sequence) -> None:
-        self.scheduler.finish(seq)
+    def _unpin(self, seq: Sequence) -> None:  # LLMEngine's part once a sequence finishes
         if seq.task_ref is not None:
-            self.registry.release(seq.task_ref)
+            self.registry.unpin(seq.task_ref)
 
     def close(self) -> None:
         """Abort whatever is left, so the module's registry ends with no pins."""
@@ -144,7 +122,12 @@ class Sim:
         running_before = list(self.scheduler.running)
         out = self.scheduler.schedule()
         self.check(out, running_before)
-        self._apply(out)
+        sampled = [_fake_token(seq) for seq in out.sampled_seqs]
+        for seq in self.scheduler.postprocess(out, sampled):
+            assert seq.token_ids[-1] == sampled.pop(0)
+            if seq.is_finished:
+                assert all(seq is not q for q in [*self.scheduler.running, *self.scheduler.waiting])
+                self._unpin(seq)
         self.num_steps += 1
         return out
 
@@ -155,27 +138,12 @@ class Sim:
             outs.append(self.step())
         return outs
 
-    def _apply(self, out: SchedulerOutput) -> None:
-        for chunk in out.chunks:  # LLMEngine._postprocess
-            if chunk.seq is None:
-                chunk.entry.is_materializing = False
-            else:
-                chunk.seq.num_computed += chunk.num_tokens
-        for chunk in out.chunks:
-            if chunk.needs_logits:
-                seq = chunk.seq
-                seq.token_ids.append(_fake_token(seq))
-                if seq.num_generated >= seq.request.sampling.max_new_tokens or (
-                        self.max_model_len is not None and seq.prefix_len + len(seq.token_ids) >= self.max_model_len):
-                    finish_sequence(seq, FinishReason.LENGTH)
-                    self._retire(seq)
-
     # ---- invariants ----
     def check(self, out: SchedulerOutput, running_before: list[Sequence]) -> None:
         sched, config = self.scheduler, self.config
         assert out.num_tokens <= config.max_num_batched_tokens, "token budget exceeded"
         assert len(sched.running) <= config.max_num_seqs
-        seq_chunks = [c for c in out.chunks if c.seq is not None]
+        seq_chunks = out.sequence_chunks
         assert len({id(c.seq) for c in seq_chunks}) == len(seq_chunks), "a sequence scheduled twice in one step"
         # running sequences first (in admission order), then the newly admitted ones
         position = {id(s): i for i, s in enumerate(sched.running)}
@@ -188,17 +156,17 @@ class Sim:
         for seq in newly:
             if seq.num_preemptions == 0:
                 self._check_fcfs(seq)
-        materializing = []
+        materializing = []  # materialization chunks packed so far
         for c in out.chunks:
-            if c.seq is None:
+            if isinstance(c, MaterializationChunk):
                 self._check_materialization(c, materializing)
-                materializing.append(c.entry)
+                materializing.append(c)
             else:
                 self._check_chunk(c, materializing)
         for seq in out.preempted:
             assert seq.status is SequenceStatus.WAITING and any(seq is w for w in sched.waiting)
             assert seq.num_computed == 0 and seq.own_blocks == [] and seq.prompt_entry is None
-        self._check_blocks()
+        self._check_blocks(out)
 
     def _check_fcfs(self, seq: Sequence) -> None:
         earlier = self.arrivals[: next(i for i, s in enumerate(self.arrivals) if s is seq)]
@@ -209,12 +177,12 @@ class Sim:
 
     def _check_materialization(self, c, materializing) -> None:
         entry = c.entry
-        assert entry.kind is PromptKind.EMBEDDING and entry.is_materializing
-        assert all(entry is not e for e in materializing), "one prompt materialized twice in a step"
-        # a chunk covers the next rows after what earlier steps computed, and ends where num_materialized now is
-        start = entry.num_materialized - c.num_tokens
-        assert start >= 0 and c.num_tokens > 0
-        assert c.token_ids == tuple(VOCAB + row for row in entry.row_ids[start:entry.num_materialized])
+        assert entry.kind is PromptKind.EMBEDDING and entry.num_users >= 1, "a chunk in flight holds its prompt"
+        assert all(entry is not m.entry for m in materializing), "one prompt materialized twice in a step"
+        # a chunk covers the next rows after what earlier steps computed (postprocess has not advanced it yet)
+        start = entry.num_materialized
+        assert c.num_tokens > 0 and start + c.num_tokens <= entry.prefix_len
+        assert c.token_ids == tuple(VOCAB + row for row in entry.row_ids[start:start + c.num_tokens])
         assert c.own_blocks == tuple(entry.prefix_blocks) and c.prefix_blocks == () and c.prefix_len == 0
         assert c.start_position == start and c.own_start == start and not c.needs_logits
         assert self.prompt_cache._entries.get(entry.key) is entry
@@ -222,10 +190,11 @@ class Sim:
     def _check_chunk(self, c, materializing) -> None:
         seq, entry = c.seq, c.seq.prompt_entry
         assert seq.status is SequenceStatus.RUNNING and c.num_tokens > 0
-        assert c.entry is entry and (entry is None) == (seq.task_ref is None)
+        assert (entry is None) == (seq.task_ref is None)
         if entry is not None:
             assert self.prompt_cache._entries.get(entry.key) is entry, "attends a prompt that is not resident"
-            assert entry.is_materialized, "attends prefix K/V nobody computed"
+            completed_earlier_in_step = any(m.entry is entry and m.own_len == entry.prefix_len for m in materializing)
+            assert entry.is_materialized or completed_earlier_in_step, "attends prefix K/V nobody computed"
             assert c.prefix_blocks == tuple(entry.prefix_blocks) and c.prefix_len == entry.prefix_len
         else:
             assert c.prefix_blocks == () and c.prefix_len == 0
@@ -236,7 +205,7 @@ class Sim:
         assert len(c.own_blocks) * self.config.block_size >= c.own_len
         assert c.needs_logits == (c.own_len == len(seq.token_ids))
 
-    def _check_blocks(self) -> None:
+    def _check_blocks(self, out: SchedulerOutput) -> None:
         sched, cache = self.scheduler, self.prompt_cache
         live = list(sched.running) + list(sched.waiting)
         entries = list(cache._entries.values())
@@ -245,6 +214,7 @@ class Sim:
         assert self.block_manager.num_free + len(held) == self.block_manager.num_blocks, "blocks leaked"
         assert all(s.own_blocks == [] and s.num_computed == 0 for s in sched.waiting)
         users = Counter(id(s.prompt_entry) for s in live if s.prompt_entry is not None)
+        users.update(id(m.entry) for m in out.materializations)  # each chunk in flight holds its entry too
         for entry in entries:
             assert entry.num_users == users[id(entry)]
             assert len(entry.prefix_blocks) == self.block_manager.blocks_for(entry.prefix_len)
@@ -273,11 +243,11 @@ def sim(registry):
 
 def _seq_chunks(out: SchedulerOutput) -> dict[str, tuple[int, int, bool]]:
     """request id -> (own_start, num_tokens, needs_logits)"""
-    return {c.seq.request_id: (c.own_start, c.num_tokens, c.needs_logits) for c in out.chunks if c.seq is not None}
+    return {c.seq.request_id: (c.own_start, c.num_tokens, c.needs_logits) for c in out.sequence_chunks}
 
 
-def _materializations(out: SchedulerOutput) -> list:
-    return [c for c in out.chunks if c.seq is None]
+def _materializations(out: SchedulerOutput) -> list[MaterializationChunk]:
+    return out.materializations
 
 
 # ---- budget, order, admission ----
@@ -308,7 +278,7 @@ def test_chunked_prefill_spans_steps_and_asks_for_logits_only_at_the_end(sim):
 def test_chunk_positions_follow_the_virtual_tokens(sim):
     s = sim(max_num_batched_tokens=8)
     s.add(12, task="prefix8", max_new_tokens=2)
-    starts = [next(c for c in s.step().chunks if c.seq is not None).start_position for _ in range(3)]
+    starts = [s.step().sequence_chunks[0].start_position for _ in range(3)]
     assert starts == [8, 16, 20]
 
 
@@ -367,7 +337,7 @@ def test_materialization_is_chunked_into_what_the_step_has_left(sim):
     seq = s.add(2, task="pt6")
     out = s.step()  # 4 decodes leave 4 tokens: the first 4 of pt6's 6 virtual tokens
     [mat] = _materializations(out)
-    assert mat.num_tokens == 4 and [c.seq for c in out.chunks if c.seq is not None] == decoding
+    assert mat.num_tokens == 4 and out.seqs == decoding
     assert list(s.scheduler.waiting) == [seq] and seq.prompt_entry is None  # waiting pins nothing
     out = s.step()  # the last 2 virtual tokens, then the request reads them in the same step
     [mat] = _materializations(out)
@@ -447,7 +417,7 @@ def test_preemption_sends_the_most_recent_sequence_back_to_the_head_of_waiting(s
     assert s.block_manager.num_free == 11 - 4 - 4 - 2  # prefix5 stays resident, unused
     resumed = None
     for out in s.run():
-        chunk = next((c for c in out.chunks if c.seq is third), None)
+        chunk = next((c for c in out.sequence_chunks if c.seq is third), None)
         if chunk is not None and resumed is None:
             resumed = chunk
     assert resumed.own_start == 0 and resumed.token_ids[:13] == tuple(third.token_ids[:13])
@@ -495,7 +465,7 @@ def test_finish_frees_everything_but_resident_prompts(sim):
     assert s.block_manager.num_free == 64 and s.prompt_table.num_free == s.config.prompt_table_rows
 
 
-def test_aborting_a_waiting_sequence_that_holds_a_prompt_releases_it(sim):
+def test_aborting_a_waiting_sequence_that_holds_a_prompt_drops_it(sim):
     s = sim(max_num_batched_tokens=8)
     for _ in range(4):
         s.add(1, max_new_tokens=5)
@@ -521,7 +491,7 @@ def test_a_prompt_longer_than_the_token_budget_still_respects_the_budget(sim):
 def test_waiting_sequences_holding_prompts_do_not_deadlock_the_pool(sim):
     """Requests sized as LLMEngine allows (virtual + own tokens < half the pool) must always make progress.
 
-    A waiting sequence keeps the prompt it acquired at the head of the queue when it then fails to get blocks;
+    A waiting sequence keeps the prompt it holds at the head of the queue when it then fails to get blocks;
     preempted sequences pushed ahead of it do the same, until the pinned prompts leave too few blocks for the head.
     """
     s = sim(num_blocks=16, block_size=1, max_num_batched_tokens=64, max_model_len=8)  # LLMEngine: 16 // 2 * 1

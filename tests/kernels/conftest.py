@@ -12,6 +12,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from kernels.paged_attention_metadata import PagedAttentionMetadata
+from kernels.paged_attention_reference import AttentionPlan
+
 NAN = float("nan")
 
 # Tolerance per dtype, kernel vs reference. Both accumulate in float32; what differs is rounding of the output
@@ -77,6 +80,11 @@ class PagedBatch:
     def args(self) -> tuple:
         return (self.query, self.k_cache, self.v_cache, self.block_tables, self.prefix_lens, self.own_lens,
                 self.query_start_loc, self.scale)
+
+    def metadata(self, plan: AttentionPlan | None = None) -> PagedAttentionMetadata:
+        """What the engine's step builds for this batch, the routing counts read back from `query_start_loc`."""
+        return PagedAttentionMetadata.from_tensors(self.block_tables, self.prefix_lens, self.own_lens,
+                                                   self.query_start_loc, plan)
 
     def poisoned_out(self) -> torch.Tensor:
         return torch.full_like(self.query, NAN)

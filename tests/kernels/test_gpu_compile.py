@@ -56,9 +56,10 @@ def nvidia_toolchain():
         pytest.skip(f"no usable ptxas in this triton: {error}")
 
 
-@pytest.mark.parametrize("dtype", ["fp16", "fp32"])
-def test_attention_kernels_compile(dtype):
-    pointers = {name: "*i32" for name in INDEX_POINTERS}
+@pytest.mark.parametrize("dtype, index_dtype", [("fp16", "i32"), ("fp32", "i32"), ("bf16", "i64")])
+def test_attention_kernels_compile(dtype, index_dtype):
+    """int64 metadata too: the engine's step packs every index tensor into one int64 buffer."""
+    pointers = {name: f"*{index_dtype}" for name in INDEX_POINTERS}
     pointers |= {name: f"*{dtype}" for name in ("query_ptr", "k_cache_ptr", "v_cache_ptr", "out_ptr")}
     precision = "ieee" if dtype == "fp32" else "tf32"
     _compile(_paged_decode_attention_kernel, pointers,

@@ -82,6 +82,7 @@ def test_reference_matches_naive():
 
 def test_dispatcher_runs_the_reference_for_cpu_tensors(monkeypatch):
     monkeypatch.setattr(module, "kv_write_triton", lambda *a, **k: pytest.fail("CPU went to Triton"))
+    monkeypatch.setattr(module, "launch_kv_write", lambda *a, **k: pytest.fail("CPU went to Triton"))
     key, value, k_cache, v_cache, slots = _inputs(4, 2, 4, 1, 2, torch.float32, torch.float32)
     kv_write(key, value, k_cache, v_cache, slots)
     assert not k_cache.view(-1, 1, 2)[slots].isnan().any()

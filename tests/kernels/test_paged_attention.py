@@ -1,5 +1,5 @@
-"""The paged-attention contract: the torch reference against a per-token spelling of it, the dispatcher's routing,
-and the argument checks shared by both attention kernels."""
+"""The paged-attention contract: the torch reference against a per-token spelling of it, the step metadata and the
+dispatcher's routing by it, and the argument checks shared by both attention kernels."""
 
 from __future__ import annotations
 
@@ -8,12 +8,9 @@ import torch
 
 import kernels.paged_decode_attention as decode_module
 import kernels.paged_prefill_attention as prefill_module
-from kernels.paged_attention import (
-    build_plan,
-    paged_attention,
-    paged_attention_reference,
-    paged_attention_triton,
-)
+from kernels.paged_attention import paged_attention, paged_attention_triton
+from kernels.paged_attention_metadata import PagedAttentionMetadata
+from kernels.paged_attention_reference import build_plan, paged_attention_reference
 
 
 def _plan(batch):
@@ -44,38 +41,70 @@ def test_reference_decode_padding_never_reads_other_sequences(make_batch, naive_
     torch.testing.assert_close(out[finite_rows].double(), expected[finite_rows], atol=1e-5, rtol=1e-5)
 
 
+LAUNCHES = ((decode_module, "launch_paged_decode_attention", "decode"),
+            (prefill_module, "launch_paged_prefill_attention", "prefill"))
+
+
 def test_dispatcher_runs_the_reference_for_cpu_tensors(make_batch, monkeypatch):
     def no_triton(*args, **kwargs):
         raise AssertionError("CPU tensors must not reach a Triton kernel")
 
+    for module, name, _ in LAUNCHES:
+        monkeypatch.setattr(module, name, no_triton)
     monkeypatch.setattr(decode_module, "paged_decode_attention_triton", no_triton)
     monkeypatch.setattr(prefill_module, "paged_prefill_attention_triton", no_triton)
     batch = make_batch("mixed", block_size=3, num_kv_heads=1, group=2, head_dim=8)
     expected = paged_attention_reference(*batch.args())
-    torch.testing.assert_close(paged_attention(*batch.args()), expected, rtol=0, atol=0)
-    torch.testing.assert_close(paged_attention(*batch.args(), plan=_plan(batch)), expected, rtol=0, atol=0)
+    args = (batch.query, batch.k_cache, batch.v_cache)
+    torch.testing.assert_close(paged_attention(*args, batch.metadata(), batch.scale), expected, rtol=0, atol=0)
+    torch.testing.assert_close(paged_attention(*args, batch.metadata(_plan(batch)), batch.scale), expected,
+                               rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("scenario, hint, launched", [
-    ("mixed", {}, {"decode", "prefill"}),
-    ("mixed", {"plan": True}, {"decode", "prefill"}),
-    ("mixed", {"max_query_len": 9}, {"decode", "prefill"}),
-    ("decode", {"plan": True}, {"decode"}),
-    ("decode", {"max_query_len": 1}, {"decode"}),
-    ("prefill", {"plan": True}, {"prefill"}),
+@pytest.mark.parametrize("scenario, counts, launched", [
+    ("mixed", (9, 3), {"decode", "prefill"}),
+    ("decode", (1, 5), {"decode"}),
+    ("prefill", (9, 0), {"prefill"}),
 ])
-def test_triton_path_routes_by_host_hints(make_batch, tolerances, monkeypatch, scenario, hint, launched):
+def test_triton_path_routes_by_host_hints(make_batch, tolerances, monkeypatch, scenario, counts, launched):
+    """The metadata's host-side counts pick the kernels: a decode-only step launches the decode kernel alone."""
     calls = set()
-    for module, name, kind in ((decode_module, "paged_decode_attention_triton", "decode"),
-                               (prefill_module, "paged_prefill_attention_triton", "prefill")):
+    for module, name, kind in LAUNCHES:
         real = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, _real=real, _kind=kind, **k: calls.add(_kind) or _real(*a, **k))
     batch = make_batch(scenario, block_size=5, num_kv_heads=2, group=3, head_dim=8, seed=2)
-    if hint.get("plan"):
-        hint = {"plan": _plan(batch)}
-    out = paged_attention_triton(*batch.args(), **hint)
+    metadata = batch.metadata()
+    assert (metadata.max_query_len, metadata.num_decodes) == counts
+    out = paged_attention_triton(batch.query, batch.k_cache, batch.v_cache, metadata, batch.scale)
     assert calls == launched
     torch.testing.assert_close(out, paged_attention_reference(*batch.args()), **tolerances[torch.float32])
+
+
+def test_triton_path_reads_int64_metadata_views_of_one_buffer(make_batch, tolerances):
+    """As the engine's step passes it (server/engine/step_inputs.py): every index tensor a view of one int64 buffer."""
+    batch = make_batch("mixed", block_size=4, num_kv_heads=2, group=2, head_dim=8, seed=4)
+    parts = [batch.prefix_lens, batch.own_lens, batch.query_start_loc, batch.block_tables.flatten()]
+    prefix_lens, own_lens, query_start_loc, tables = torch.cat(parts).long().split([len(p) for p in parts])
+    metadata = PagedAttentionMetadata.from_tensors(tables.view(batch.block_tables.shape), prefix_lens, own_lens,
+                                                   query_start_loc)
+    out = paged_attention_triton(batch.query, batch.k_cache, batch.v_cache, metadata, batch.scale)
+    torch.testing.assert_close(out, paged_attention_reference(*batch.args()), **tolerances[torch.float32])
+
+
+@pytest.mark.parametrize("index, breaks, message", [
+    (3, lambda t: t.float(), "block_tables must be"),
+    (3, lambda t: t[0], "block_tables must be"),
+    (4, lambda t: t[:-1], "prefix_lens must have shape"),
+    (5, lambda t: t.float(), "own_lens must be"),
+    (6, lambda t: t[:-1], "query_start_loc must have shape"),
+    (6, lambda t: t.to("meta"), "one device"),
+])
+def test_metadata_is_checked_once_when_built(make_batch, index, breaks, message):
+    batch = make_batch("mixed", block_size=4, num_kv_heads=2, group=3, head_dim=8)
+    tensors = list(batch.args()[3:7])
+    tensors[index - 3] = breaks(tensors[index - 3])
+    with pytest.raises(ValueError, match=message):
+        PagedAttentionMetadata(*tensors, max_query_len=9, num_decodes=3)
 
 
 LAUNCHERS = [decode_module.paged_decode_attention_triton, prefill_module.paged_prefill_attention_triton]

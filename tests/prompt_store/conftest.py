@@ -5,11 +5,12 @@ from __future__ import annotations
 import warnings
 
 import pytest
-from peft_adapter_factory import BASE_MODEL_ID, BASE_MODELS, SHAPES, make_adapter, peft_configs, word_level_tokenizer
 
 from prompt_store.registry import PromptRegistry
 from prompt_store.storage import PromptStorage
 from server.config import StoreConfig
+from tests.support.adapters import BASE_MODEL_ID, make_adapter, peft_configs, word_level_tokenizer
+from tests.support.tiny_models import TINY_MODELS, TINY_SHAPES
 
 
 @pytest.fixture(scope="session")
@@ -20,7 +21,7 @@ def adapters(tmp_path_factory):
     saved = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for model_name in BASE_MODELS:
+        for model_name in TINY_MODELS:
             for kind, make_config in configs.items():
                 folder = root / model_name / kind
                 saved[f"{model_name}/{kind}"] = make_adapter(model_name, kind, make_config, folder)
@@ -42,7 +43,7 @@ def second_adapters(tmp_path_factory):
 
 @pytest.fixture
 def llama_shape():
-    return SHAPES["llama"]
+    return TINY_SHAPES["llama"]
 
 
 @pytest.fixture

@@ -10,16 +10,17 @@ import safetensors.torch
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from peft_adapter_factory import SHAPES, torch_saved
 
 from prompt_store.errors import InvalidPromptError, PromptStoreError
 from prompt_store.peft_format import read_peft_files
 from prompt_store.safetensors_reader import PICKLE_MESSAGE, read_safetensors
 from prompt_store.spec import PromptSpec
 from server.config import StoreConfig
+from tests.support.adapters import torch_saved
+from tests.support.tiny_models import TINY_SHAPES
 
 LIMITS = StoreConfig(max_virtual_tokens=64, max_file_bytes=1 << 20, max_config_bytes=1 << 14)
-SHAPE = SHAPES["llama"]
+SHAPE = TINY_SHAPES["llama"]
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 ADAPTER_NAMES = ["llama/prompt_tuning_random", "llama/prefix", "llama/multitask"]
 

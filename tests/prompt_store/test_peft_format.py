@@ -5,17 +5,18 @@ from __future__ import annotations
 import pytest
 import safetensors.torch
 import torch
-from peft_adapter_factory import BASE_MODELS, NUM_SUBTASKS, NUM_VIRTUAL_TOKENS, SHAPES, peft_configs
 from transformers import DynamicCache
 
 from prompt_store.peft_format import read_peft_files, read_peft_folder
 from prompt_store.spec import PromptKind
 from server.config import StoreConfig
+from tests.support.adapters import NUM_SUBTASKS, NUM_VIRTUAL_TOKENS, peft_configs
+from tests.support.tiny_models import TINY_MODELS, TINY_SHAPES
 
 LIMITS = StoreConfig()
 # transformers 5.23 deprecates an attribute PEFT 0.21.2 still reads when loading; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
-ALL_ADAPTERS = [f"{model}/{kind}" for model in BASE_MODELS for kind in peft_configs(None)]
+ALL_ADAPTERS = [f"{model}/{kind}" for model in TINY_MODELS for kind in peft_configs(None)]
 EMBEDDING_ADAPTERS = [name for name in ALL_ADAPTERS if "prefix" not in name and "multitask" not in name]
 PREFIX_ADAPTERS = [name for name in ALL_ADAPTERS if "prefix" in name]
 MULTITASK_ADAPTERS = [name for name in ALL_ADAPTERS if "multitask" in name]
@@ -94,7 +95,7 @@ def test_embedding_rows_prepended_reproduce_peft_logits(adapters, name):
     spec = _read(adapter)
     input_ids = torch.tensor([[5, 17, 42, 9, 3]])
     peft_model = adapter.load_with_peft()
-    base = BASE_MODELS[adapter.model_name]()
+    base = TINY_MODELS[adapter.model_name]()
     subtask = NUM_SUBTASKS - 1 if adapter.is_multitask else 0
     extra = {"task_ids": torch.tensor([subtask])} if adapter.is_multitask else {}
     with torch.no_grad():
@@ -111,7 +112,7 @@ def test_prefix_cache_reproduces_peft_logits(adapters, name):
     spec = _read(adapter)
     input_ids = torch.tensor([[5, 17, 42, 9, 3]])
     peft_model = adapter.load_with_peft()
-    base = BASE_MODELS[adapter.model_name]()
+    base = TINY_MODELS[adapter.model_name]()
     mask = torch.ones(1, NUM_VIRTUAL_TOKENS + input_ids.shape[1], dtype=torch.long)
     with torch.no_grad():
         expected = peft_model(input_ids=input_ids).logits
@@ -141,7 +142,7 @@ def test_half_precision_files_widen_like_peft(adapters, tmp_path, kind, dtype):
 
 def test_read_folder_equals_read_files(adapters):
     adapter = adapters["gpt2/prefix_projection"]
-    assert torch.equal(read_peft_folder(adapter.folder, SHAPES["gpt2"], LIMITS).tensor, _read(adapter).tensor)
+    assert torch.equal(read_peft_folder(adapter.folder, TINY_SHAPES["gpt2"], LIMITS).tensor, _read(adapter).tensor)
 
 
 def test_saved_keys_are_unprefixed(adapters):

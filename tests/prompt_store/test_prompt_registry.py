@@ -6,7 +6,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-from peft_adapter_factory import BASE_MODEL_ID
 
 from prompt_store.errors import (
     InvalidPromptError,
@@ -18,6 +17,7 @@ from prompt_store.errors import (
 from prompt_store.peft_format import read_peft_files
 from prompt_store.spec import PromptKind
 from server.config import StoreConfig
+from tests.support.adapters import BASE_MODEL_ID
 
 
 def _expected(adapter):
@@ -51,26 +51,26 @@ def test_upload_creates_then_adds_versions(registry, adapters, second_adapters):
     assert info.active_version == 2 and info.active.peft_type == "PREFIX_TUNING" and info.active.created_at > 0
 
 
-def test_acquire_pins_the_active_version_until_released(registry, adapters, second_adapters):
+def test_pin_holds_the_active_version_until_unpinned(registry, adapters, second_adapters):
     _upload(registry, "qa", adapters["llama/prefix"])
-    old_ref = registry.acquire("qa")
+    old_ref = registry.pin("qa")
     _upload(registry, "qa", second_adapters["llama/prefix"])
-    new_ref = registry.acquire("qa")
+    new_ref = registry.pin("qa")
     assert (old_ref.version, new_ref.version, old_ref.key) == (1, 2, ("qa", 1))
     assert torch.equal(registry.spec(old_ref).tensor, _expected(adapters["llama/prefix"]))
     assert torch.equal(registry.spec(new_ref).tensor, _expected(second_adapters["llama/prefix"]))
     assert registry.stats().num_pinned_versions == 2
-    registry.release(old_ref)
-    registry.release(new_ref)
+    registry.unpin(old_ref)
+    registry.unpin(new_ref)
     assert registry.stats().num_pinned_versions == 0
     with pytest.raises(ValueError, match="not pinned"):
-        registry.release(new_ref)
+        registry.unpin(new_ref)
 
 
 def test_unknown_task(registry):
     for task in ("nope", BASE_MODEL_ID):
         with pytest.raises(UnknownTaskError, match="unknown task"):
-            registry.acquire(task)
+            registry.pin(task)
     with pytest.raises(UnknownTaskError):
         registry.get_task("nope")
 
@@ -80,13 +80,13 @@ def test_multitask_subtasks_are_variants(registry, adapters):
     _upload(registry, "mt", adapter)
     expected = _expected(adapter)
     for subtask in range(3):
-        ref = registry.acquire("mt", subtask)
+        ref = registry.pin("mt", subtask)
         assert (ref.subtask, ref.num_variants) == (subtask, 3)
         assert torch.equal(registry.spec(ref).tensor[ref.subtask], expected[subtask])
-        registry.release(ref)
+        registry.unpin(ref)
     for bad in (3, -1, True, "0", None):
         with pytest.raises(InvalidSubtaskError, match="sub-tasks 0..2") as caught:
-            registry.acquire("mt", bad)
+            registry.pin("mt", bad)
         assert isinstance(caught.value, InvalidPromptError)
     assert registry.stats().num_pinned_versions == 0
 
@@ -94,7 +94,7 @@ def test_multitask_subtasks_are_variants(registry, adapters):
 def test_single_prompt_has_only_subtask_zero(registry, adapters):
     _upload(registry, "pt", adapters["llama/prompt_tuning_random"])
     with pytest.raises(InvalidSubtaskError, match="sub-tasks 0..0"):
-        registry.acquire("pt", 1)
+        registry.pin("pt", 1)
 
 
 def test_host_tier_hits_loads_and_evictions(make_registry, store_config, adapters):
@@ -104,10 +104,10 @@ def test_host_tier_hits_loads_and_evictions(make_registry, store_config, adapter
         _upload(registry, f"t{index}", adapters[name])  # an upload leaves its spec in the host tier
     stats = registry.stats()
     assert (stats.num_host_cached, stats.evictions) == (2, 1)
-    ref = registry.acquire("t0")  # evicted: read back from disk
+    ref = registry.pin("t0")  # evicted: read back from disk
     assert torch.equal(registry.spec(ref).tensor, _expected(adapters[names[0]]))
     assert torch.equal(registry.spec(ref).tensor, _expected(adapters[names[0]]))
-    registry.release(ref)
+    registry.unpin(ref)
     stats = registry.stats()
     assert stats.loads_by_tier == {"host": 1, "disk": 1}
     assert (stats.num_host_cached, stats.evictions) == (2, 2)
@@ -117,12 +117,12 @@ def test_pinned_versions_are_never_evicted(make_registry, store_config, adapters
     registry = make_registry(replace(store_config, host_cache_tasks=1))
     _upload(registry, "a", adapters["llama/prefix"])
     _upload(registry, "b", adapters["llama/multitask"])
-    refs = [registry.acquire("a"), registry.acquire("b")]
+    refs = [registry.pin("a"), registry.pin("b")]
     for ref in refs:
         registry.spec(ref)
     assert registry.stats().num_host_cached == 2  # over capacity while both are pinned
     for ref in refs:
-        registry.release(ref)
+        registry.unpin(ref)
     _upload(registry, "c", adapters["llama/prompt_tuning_random"])
     assert registry.stats().num_host_cached == 1
 
@@ -131,12 +131,12 @@ def test_delete_keeps_pinned_refs_working(make_registry, store_config, adapters,
     registry = make_registry(replace(store_config, host_cache_tasks=1))
     _upload(registry, "gone", adapters["llama/prefix"])
     _upload(registry, "other", adapters["llama/multitask"])  # evicts "gone" from the host tier
-    ref = registry.acquire("gone")
+    ref = registry.pin("gone")
     registry.delete("gone")  # reads the pinned version into memory before removing its files
     assert registry.stats().loads_by_tier["disk"] == 1
     assert not (store_config.directory / "tasks" / "gone").exists()
     with pytest.raises(UnknownTaskError):
-        registry.acquire("gone")
+        registry.pin("gone")
     with pytest.raises(UnknownTaskError):
         registry.delete("gone")
     assert torch.equal(registry.spec(ref).tensor, _expected(adapters["llama/prefix"]))
@@ -144,7 +144,7 @@ def test_delete_keeps_pinned_refs_working(make_registry, store_config, adapters,
     assert recreated.created and recreated.version == 2  # never the number a live ref still holds
     assert torch.equal(registry.spec(ref).tensor, _expected(adapters["llama/prefix"]))
     cached = registry.stats().num_host_cached
-    registry.release(ref)
+    registry.unpin(ref)
     assert registry.stats().num_host_cached == cached - 1
     assert [info.task for info in registry.list_tasks()] == ["gone", "other"]
 
@@ -153,12 +153,12 @@ def test_prune_keeps_versions_kept_and_pinned(make_registry, store_config, adapt
     registry = make_registry(replace(store_config, versions_kept=1))
     one, two = adapters["llama/prefix"], second_adapters["llama/prefix"]
     _upload(registry, "t", one)
-    pinned = registry.acquire("t")
+    pinned = registry.pin("t")
     for adapter in (two, one, two):
         _upload(registry, "t", adapter)
     assert [v.version for v in registry.get_task("t").versions] == [1, 3, 4]
     assert torch.equal(registry.spec(pinned).tensor, _expected(one))
-    registry.release(pinned)
+    registry.unpin(pinned)
     _upload(registry, "t", one)
     assert [v.version for v in registry.get_task("t").versions] == [4, 5]
     assert sorted(p.name for p in (store_config.directory / "tasks" / "t").iterdir()) == ["manifest.json", "v4", "v5"]
@@ -170,7 +170,7 @@ def test_activate_rolls_back_durably(make_registry, adapters, second_adapters):
     _upload(registry, "t", second_adapters["llama/multitask"])
     info = registry.activate("t", 1)
     assert info.active_version == 1
-    ref = registry.acquire("t")
+    ref = registry.pin("t")
     assert torch.equal(registry.spec(ref).tensor, _expected(adapters["llama/multitask"]))
     assert make_registry().get_task("t").active_version == 1
     for bad in (3, 0, True, "1"):
@@ -192,7 +192,7 @@ def test_bad_task_names_store_nothing(registry, adapters, name):
 def test_lowering_limits_does_not_orphan_stored_versions(make_registry, store_config, adapters):
     _upload(make_registry(), "t", adapters["llama/prefix"])
     strict = make_registry(replace(store_config, max_virtual_tokens=2, max_file_bytes=100))
-    ref = strict.acquire("t")
+    ref = strict.pin("t")
     assert torch.equal(strict.spec(ref).tensor, _expected(adapters["llama/prefix"]))
 
 

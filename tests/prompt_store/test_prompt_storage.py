@@ -10,13 +10,14 @@ from dataclasses import replace
 
 import pytest
 import torch
-from peft_adapter_factory import BASE_MODEL_ID, SHAPES
 
 from prompt_store.errors import StorageError, UnknownTaskError
 from prompt_store.peft_format import read_peft_files
 from prompt_store.registry import PromptRegistry
 from prompt_store.storage import PromptStorage
 from server.config import StoreConfig
+from tests.support.adapters import BASE_MODEL_ID
+from tests.support.tiny_models import TINY_SHAPES
 
 
 class Crash(BaseException):
@@ -28,11 +29,11 @@ def _expected(adapter):
 
 
 def _served_tensor(registry, task):
-    ref = registry.acquire(task)
+    ref = registry.pin(task)
     try:
         return ref.version, registry.spec(ref).tensor
     finally:
-        registry.release(ref)
+        registry.unpin(ref)
 
 
 def _assert_no_leftovers(directory):
@@ -129,7 +130,7 @@ def test_crash_at_any_step_leaves_old_or_new(adapters, second_adapters, tmp_path
         for after in (False, True):
             versions_kept = 0 if scenario == "new version prunes" else 2
             config = StoreConfig(directory=tmp_path / f"{crash_at}-{after}", versions_kept=versions_kept)
-            registry = PromptRegistry(SHAPES["llama"], config, BASE_MODEL_ID, PromptStorage(config.directory))
+            registry = PromptRegistry(TINY_SHAPES["llama"], config, BASE_MODEL_ID, PromptStorage(config.directory))
             prepare(registry)
             with monkeypatch.context() as patch:
                 calls = _arm_crash(patch, crash_at, after)
@@ -148,7 +149,7 @@ def test_crash_at_any_step_leaves_old_or_new(adapters, second_adapters, tmp_path
 def _recovered_state(config, acceptable, prepared_highest, adapter):
     """The active version after a restart (None: no task), checked against `acceptable`; then an upload must be
     numbered above every version committed before (a deleted task's numbers included)."""
-    restarted = PromptRegistry(SHAPES["llama"], config, BASE_MODEL_ID, PromptStorage(config.directory))
+    restarted = PromptRegistry(TINY_SHAPES["llama"], config, BASE_MODEL_ID, PromptStorage(config.directory))
     assert restarted.load() == []
     _assert_no_leftovers(config.directory)
     version = None
@@ -183,7 +184,7 @@ def test_damaged_entries_are_skipped_and_reported(adapters, second_adapters, mak
     (tasks / "junk.txt").write_text("x")
     (tasks / ".hidden").mkdir()
 
-    restarted = PromptRegistry(SHAPES["llama"], store_config, BASE_MODEL_ID, PromptStorage(store_config.directory))
+    restarted = PromptRegistry(TINY_SHAPES["llama"], store_config, BASE_MODEL_ID, PromptStorage(store_config.directory))
     problems = restarted.load()
     assert sorted(info.task for info in restarted.list_tasks()) == ["intact", "old-truncated"]
     assert [v.version for v in restarted.get_task("old-truncated").versions] == [2]
@@ -209,7 +210,7 @@ def test_checksum_mismatch_is_found_when_loaded(adapters, make_registry, store_c
     data[-1] ^= 0xFF
     model.write_bytes(bytes(data))
     restarted = make_registry()
-    ref = restarted.acquire("flipped")  # metadata is fine; the tensors are not
+    ref = restarted.pin("flipped")  # metadata is fine; the tensors are not
     with pytest.raises(StorageError, match="checksum"):
         restarted.spec(ref)
 
@@ -218,11 +219,11 @@ def test_tasks_that_no_longer_fit_the_model_are_skipped(adapters, make_registry)
     registry = make_registry()
     registry.upload("prefix", adapters["llama/prefix"].config_bytes, adapters["llama/prefix"].model_bytes)
     registry.upload("rows", adapters["llama/multitask"].config_bytes, adapters["llama/multitask"].model_bytes)
-    deeper = replace(SHAPES["llama"], num_layers=3)
+    deeper = replace(TINY_SHAPES["llama"], num_layers=3)
     restarted = make_registry(shape=deeper)
     assert [info.task for info in restarted.list_tasks()] == ["rows"]
     with pytest.raises(UnknownTaskError):
-        restarted.acquire("prefix")
+        restarted.pin("prefix")
 
 
 def test_upload_replaces_a_skipped_task(adapters, make_registry, store_config):
@@ -265,7 +266,7 @@ def test_ten_thousand_tasks_scan_without_reading_tensors(adapters, make_registry
         (task_dir / "manifest.json").write_text(template.replace('"template"', f'"task-{index:05d}"'))
 
     started = time.perf_counter()
-    registry = PromptRegistry(SHAPES["llama"], store_config, BASE_MODEL_ID, PromptStorage(store_config.directory))
+    registry = PromptRegistry(TINY_SHAPES["llama"], store_config, BASE_MODEL_ID, PromptStorage(store_config.directory))
     problems = registry.load()
     elapsed = time.perf_counter() - started
     print(f"\nscan + load of 10,000 tasks: {elapsed:.2f} s")

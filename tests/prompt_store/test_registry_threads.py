@@ -53,7 +53,7 @@ def test_concurrent_registry_use(make_registry, store_config, adapters, second_a
         rng = random.Random(seed)
         while not uploads_done.is_set():
             try:
-                ref = registry.acquire(rng.choice(TASKS))
+                ref = registry.pin(rng.choice(TASKS))
             except UnknownTaskError:
                 continue  # not uploaded yet, or just deleted
             first = registry.spec(ref)
@@ -61,7 +61,7 @@ def test_concurrent_registry_use(make_registry, store_config, adapters, second_a
             assert first.num_virtual_tokens == ref.num_virtual_tokens
             assert torch.equal(registry.spec(ref).tensor, first.tensor)  # a request sees one version throughout
             time.sleep(0.0005)  # hold the pin a moment, as a request would, while others change the task
-            registry.release(ref)
+            registry.unpin(ref)
             with record_lock:
                 served.append((ref.key, first.tensor))
 

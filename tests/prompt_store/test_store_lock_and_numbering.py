@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft_adapter_factory import SHAPES
 
 from prompt_store.errors import InvalidPromptError
 from prompt_store.peft_format import read_peft_files
@@ -21,6 +20,7 @@ from prompt_store.safetensors_reader import PICKLE_MESSAGE
 from prompt_store.storage import PromptStorage
 from prompt_store.store_lock import LOCK_FILE, StoreLock, StoreLockedError
 from server.config import StoreConfig
+from tests.support.tiny_models import TINY_SHAPES
 
 ROOT = Path(__file__).resolve().parents[2]
 TAKE_LOCK = (
@@ -185,5 +185,5 @@ def test_readers_refuse_pickles_without_calling_the_unpickler(adapters, monkeypa
         payloads.append((tmp_path / "saved.pt").read_bytes())
     for payload in payloads:
         with pytest.raises(InvalidPromptError) as refused:
-            read_peft_files(adapter.config_bytes, payload, SHAPES["llama"], StoreConfig())
+            read_peft_files(adapter.config_bytes, payload, TINY_SHAPES["llama"], StoreConfig())
         assert str(refused.value) == PICKLE_MESSAGE or "adapter_model.safetensors" in str(refused.value)

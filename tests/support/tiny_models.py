@@ -1,7 +1,8 @@
-"""Tiny random causal LMs with SmolLM2's real tokenizer, so text goes end to end through every test.
+"""Tiny random causal LMs: saved with SmolLM2's real tokenizer, so text goes end to end through every test
+(`build_tiny_*`), or built in memory to a given `ModelShape` for tests that need only PEFT's files or PEFT itself.
 
-The weights are seeded and scaled up (`initializer_range`) so greedy decoding is far from ties: the top-2 logit gap
-at each step is large next to float32 reordering error, and token-for-token equality tests stay robust.
+The saved models' weights are seeded and scaled up (`initializer_range`) so greedy decoding is far from ties: the
+top-2 logit gap at each step is large next to float32 reordering error, and token-for-token equality tests stay robust.
 """
 
 from __future__ import annotations
@@ -11,8 +12,15 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, GenerationConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+from common.model_shape import ModelShape
+
 INITIALIZER_RANGE = 0.2  # 10x the usual 0.02: logits spread out, greedy choices are clear
 MAX_POSITIONS = 512
+TINY_VOCAB_SIZE = 128  # the in-memory models' vocabulary
+TINY_SHAPES = {
+    "llama": ModelShape(hidden_size=64, num_layers=2, num_kv_heads=2, head_dim=16, vocab_size=TINY_VOCAB_SIZE),
+    "gpt2": ModelShape(hidden_size=64, num_layers=2, num_kv_heads=4, head_dim=16, vocab_size=TINY_VOCAB_SIZE),
+}
 
 
 def build_tiny_llama(tokenizer_dir: Path, out_dir: Path, seed: int = 0) -> Path:
@@ -63,3 +71,33 @@ def _save(model_class, config, tokenizer, out_dir: Path, seed: int) -> Path:
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def random_llama(shape: ModelShape, seed: int = 1234) -> LlamaForCausalLM:
+    """An in-memory Llama of `shape` with 4 query heads (GQA when `shape.num_kv_heads` < 4); the same seed gives the
+    same weights, so a reference can rebuild the base an adapter was made on."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        hidden_size=shape.hidden_size,
+        intermediate_size=2 * shape.hidden_size,
+        num_attention_heads=shape.hidden_size // shape.head_dim,
+        num_key_value_heads=shape.num_kv_heads,
+        num_hidden_layers=shape.num_layers,
+        vocab_size=shape.vocab_size,
+        max_position_embeddings=256,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def random_gpt2(shape: ModelShape, seed: int = 1234) -> GPT2LMHeadModel:
+    """An in-memory GPT-2 of `shape` (multi-head attention: as many query heads as KV heads)."""
+    torch.manual_seed(seed)
+    config = GPT2Config(n_embd=shape.hidden_size, n_head=shape.num_kv_heads, n_layer=shape.num_layers,
+                        vocab_size=shape.vocab_size, n_positions=256)
+    return GPT2LMHeadModel(config).eval()
+
+
+TINY_MODELS = {  # name -> a fresh copy of the same in-memory base, each call
+    "llama": lambda: random_llama(TINY_SHAPES["llama"]),
+    "gpt2": lambda: random_gpt2(TINY_SHAPES["gpt2"]),
+}
