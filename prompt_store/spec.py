@@ -22,6 +22,7 @@ class ModelShape:
     num_kv_heads: int
     head_dim: int
     vocab_size: int
+    serving_dtype: torch.dtype = torch.float32  # the model's: prompts are cast to it, so must stay finite in it
 
     @property
     def kv_token_dim(self) -> int:
