@@ -171,9 +171,11 @@ def test_work_per_token_is_bounded_by_the_new_text_and_the_longest_stop_string(m
     from server.engine import stop_strings
 
     scanned = []
+    def recording(real):
+        return lambda text, stops: scanned.append(len(text)) or real(text, stops)
+
     for name in ("first_stop", "held_back_length"):
-        real = getattr(stop_strings, name)
-        monkeypatch.setattr(stop_strings, name, lambda text, stops, real=real: scanned.append(len(text)) or real(text, stops))
+        monkeypatch.setattr(stop_strings, name, recording(getattr(stop_strings, name)))
     stops = ("<|end|>", "abcab" * 50)
     longest = max(len(s) for s in stops)
     deltas = ["abca", "b", "<|", "en", "x yz", "abc"] * 4000  # near-misses of both stop strings, all the way

@@ -494,12 +494,15 @@ def test_optional_fields_may_be_null(adapters):
 
 
 # ---- finite in the serving dtype ---------------------------------------------------------------------------------
+EMBEDDINGS = "prompt_embeddings"
+
+
 @pytest.mark.parametrize(
     "adapter_name, serving_dtype, changes, tensor_name",
     [
-        ("llama/prompt_tuning_random", torch.float16, {"prompt_embeddings": torch.full((4, 64), 1e5)}, "prompt_embeddings"),
-        ("llama/prefix", torch.float16, {"prompt_embeddings": torch.full((4, 128), -7e4)}, "prompt_embeddings"),
-        ("llama/prompt_tuning_random", torch.bfloat16, {"prompt_embeddings": torch.full((4, 64), 3.4e38)}, "prompt_embeddings"),
+        ("llama/prompt_tuning_random", torch.float16, {"prompt_embeddings": torch.full((4, 64), 1e5)}, EMBEDDINGS),
+        ("llama/prefix", torch.float16, {"prompt_embeddings": torch.full((4, 128), -7e4)}, EMBEDDINGS),
+        ("llama/prompt_tuning_random", torch.bfloat16, {"prompt_embeddings": torch.full((4, 64), 3.4e38)}, EMBEDDINGS),
         (
             "llama/multitask",
             torch.float16,
@@ -516,7 +519,8 @@ def test_values_that_overflow_the_serving_dtype_are_refused_naming_the_tensor(
     read_peft_files(adapter.config_bytes, model_bytes, adapter.shape, LIMITS)  # fine in float32
     shape = replace(adapter.shape, serving_dtype=serving_dtype)
     dtype_name = str(serving_dtype).removeprefix("torch.")
-    with pytest.raises(InvalidPromptError, match=rf"tensor '[^']*{re.escape(tensor_name)}[^']*' .* overflow {dtype_name}"):
+    named = rf"tensor '[^']*{re.escape(tensor_name)}[^']*' .* overflow {dtype_name}"
+    with pytest.raises(InvalidPromptError, match=named):
         read_peft_files(adapter.config_bytes, model_bytes, shape, LIMITS)
     registry = make_registry(shape=shape)
     with pytest.raises(InvalidPromptError, match="overflow"):
