@@ -16,6 +16,7 @@ from starlette.requests import ClientDisconnect
 
 from prompt_store.errors import (
     InvalidPromptError,
+    InvalidSubtaskError,
     InvalidTaskNameError,
     PromptTooLargeError,
     RegistryFullError,
@@ -118,6 +119,10 @@ def _describe_schema_error(error: dict) -> str:
 def _openai_param(exc: BaseException) -> str | None:
     if isinstance(exc, UnknownTaskError):
         return "model"
+    if isinstance(exc, RequestValidationError):
+        return exc.param
+    if isinstance(exc, InvalidSubtaskError):
+        return "subtask"
     if isinstance(exc, SchemaValidationError) and exc.errors():
         location = [str(part) for part in exc.errors()[0].get("loc", ()) if part != "body"]
         return ".".join(location) or None
