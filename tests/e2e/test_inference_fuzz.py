@@ -101,13 +101,13 @@ OPENAI_FIELDS = SAMPLING | {
     "user": st.text(max_size=10),
 }
 token_prompts = st.lists(st.integers(0, 49151), min_size=1, max_size=20)
+text_parts = st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": valid_texts}), min_size=1, max_size=3)
 valid_messages = st.lists(
-    st.fixed_dictionaries({
-        "role": st.sampled_from(["user", "system", "assistant"]),
-        "content": st.one_of(valid_texts, st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": valid_texts}),
-                                                   min_size=1, max_size=3)),
-    }),
-    min_size=1, max_size=6,
+    st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "system", "assistant"]), "content": st.one_of(valid_texts, text_parts)}
+    ),
+    min_size=1,
+    max_size=6,
 )
 
 # Out of range or not the field's type at all.
