@@ -114,8 +114,7 @@ def test_non_finite_out_of_range_and_invalid_unicode_values_are_refused_naming_t
             assert status == 422 and body["error_type"] == "validation" and field_name in body["error"], body
             assert engine.streams == []
         else:
-            assert body["error"]["param"].startswith(field) or field.startswith(body["error"]["param"]), body
-            _assert_refused(status, body, path, body["error"]["param"], engine)
+            _assert_refused(status, body, path, field, engine)  # a field's path, without pydantic's union tags
 
     run_with_client(check, **LIMITS)
 
