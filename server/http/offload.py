@@ -29,11 +29,15 @@ class Offloader:
             if self._num_pending >= self._max_pending:
                 raise QueueFullError(f"{self._max_pending} prompts are already being prepared; retry shortly")
             self._num_pending += 1
-        future = self._executor.submit(fn, *args)
+        try:
+            future = self._executor.submit(fn, *args)
+        except BaseException:  # shut down: nothing will run, so nothing will give the slot back
+            self._done(None)
+            raise
         future.add_done_callback(self._done)
         return await asyncio.wrap_future(future)
 
-    def _done(self, future: Future) -> None:
+    def _done(self, future: Future | None) -> None:
         with self._lock:
             self._num_pending -= 1
 
