@@ -12,6 +12,9 @@ class ModelShape:
     num_kv_heads: int
     head_dim: int
     vocab_size: int  # embedding rows; ids at or above it address soft-prompt rows
+    # torch dtype name the model serves in ("float32", "float16", ...): prompts are cast to it, so must stay finite
+    # in it. A name, not a torch.dtype: the store's file layer imports this module and must not need torch.
+    serving_dtype: str = "float32"
 
     @property
     def kv_token_dim(self) -> int:

@@ -26,6 +26,7 @@ from prompt_store.validation import (
     AdapterConfig,
     check_file_sizes,
     check_finite,
+    check_finite_in,
     check_normalized_size,
     check_tensor_names,
     check_tensor_shape,
@@ -48,6 +49,7 @@ def read_peft_files(config_bytes: bytes, model_bytes: bytes, shape: ModelShape, 
     else:
         tensor = _embedding_rows(config, tensors, shape)
     check_finite("prompt", tensor)  # a product of finite values can still overflow float32
+    check_finite_in(_served_tensor_name(config), tensor, getattr(torch, shape.serving_dtype))
     return PromptSpec(config.peft_type, config.kind, config.num_virtual_tokens, tensor.contiguous())
 
 
@@ -71,6 +73,12 @@ def _read_limited(path: Path, limit: int) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise InvalidPromptError(f"{path.name} could not be read: {exc.strerror or exc}") from None
+
+
+def _served_tensor_name(config: AdapterConfig) -> str:
+    if config.peft_type == "MULTITASK_PROMPT_TUNING":
+        return "prompt_embeddings * (prefix_task_cols @ prefix_task_rows)"  # what is served is the product
+    return "prompt_embeddings"
 
 
 def _float32(tensor: torch.Tensor) -> torch.Tensor:

@@ -67,7 +67,7 @@ class PromptRegistry:
         # across restarts): new versions are numbered above it, so (task, version) never names two prompts.
         self._version_floor: dict[str, int] = {}
         self._num_damaged_entries = 0  # entries load() skipped and reported
-        self._cache = HostCache(config.host_cache_tasks)
+        self._cache = HostCache(config.host_cache_tasks, config.host_cache_bytes)
         self._counts: Counter[str] = Counter()
 
     # ---- start-up ------------------------------------------------------------------------------------------
@@ -203,7 +203,7 @@ class PromptRegistry:
             del self._pins[ref.key]
             if self._detached.pop(ref.key, None) is not None:
                 self._cache.pop(ref.key)  # the task was deleted; this was the last user of its tensors
-            elif len(self._cache) > self._cache.capacity:  # pins had held it over capacity
+            elif self._cache.is_over_budget:  # pins had held it over its bounds
                 self._counts["evictions"] += self._cache.trim(self._pins.__contains__)
 
     def spec(self, ref: TaskVersionRef) -> PromptSpec:

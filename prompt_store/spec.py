@@ -32,3 +32,7 @@ class PromptSpec:
     @property
     def num_variants(self) -> int:
         return self.tensor.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return self.tensor.numel() * self.tensor.element_size()

@@ -21,12 +21,14 @@ class StoreConfig:
     max_config_bytes: int = 64 * 1024  # largest adapter_config.json accepted
     versions_kept: int = 3  # old versions kept per task besides the active one
     host_cache_tasks: int = 1024  # task versions whose tensors stay in host memory
+    host_cache_bytes: int = 2 * 1024**3  # and the bytes their tensors may take (pinned versions may exceed it)
 
     def __post_init__(self) -> None:
         _require(self.max_virtual_tokens > 0, "max_virtual_tokens must be positive")
         _require(self.max_file_bytes > 0 and self.max_config_bytes > 0, "file limits must be positive")
         _require(self.versions_kept >= 0, "versions_kept must be >= 0")
         _require(self.host_cache_tasks > 0, "host_cache_tasks must be positive")
+        _require(self.host_cache_bytes > 0, "host_cache_bytes must be positive")
 
 
 def _require(condition: bool, message: str) -> None:

@@ -109,6 +109,22 @@ def check_finite(name: str, tensor: torch.Tensor) -> None:
         raise InvalidPromptError(f"tensor {name!r} holds {num_bad} NaN or infinite values")
 
 
+def check_finite_in(name: str, tensor: torch.Tensor, dtype: torch.dtype) -> None:
+    """The values stay finite once cast to `dtype` (the serving dtype): 1e5 is a fine float32 but inf in float16."""
+    is_finite = torch.isfinite(tensor.to(dtype))
+    if not bool(is_finite.all()):
+        num_bad = int((~is_finite).sum())
+        largest = float(tensor.abs().max())
+        raise InvalidPromptError(
+            f"tensor {name!r} holds {num_bad} values that overflow {_dtype_name(dtype)}, the serving dtype "
+            f"(largest magnitude {largest:.4g}; {_dtype_name(dtype)} holds up to {torch.finfo(dtype).max:.4g})"
+        )
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def _load_json_object(config_bytes: bytes) -> dict:
     try:
         raw = json.loads(config_bytes.decode("utf-8"), parse_constant=_refuse_constant)

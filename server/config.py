@@ -49,7 +49,12 @@ class ServerConfig:
     request_timeout_s: float = 600.0  # a request still running after this is aborted
     drain_timeout_s: float = 30.0  # SIGTERM: how long requests in flight may finish
     max_body_bytes: int = 300 * 1024 * 1024  # HTTP bodies above this get 413
+    max_inference_body_bytes: int = 2_000_000  # and bodies of every route but the admin ones (TGI's default)
     max_new_tokens_limit: int = 4096  # the largest max_new_tokens a request may ask for
+    max_prompt_chars: int = 100_000  # a prompt's characters (chat: all messages'), counted before tokenizing
+    max_stop_chars: int = 256  # characters of one stop string (a request has at most 4)
+    max_messages: int = 1024  # messages of one chat request
+    tokenizer_threads: int = 2  # threads that tokenize and apply chat templates, off the event loop
     engine: EngineConfig = field(default_factory=EngineConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
 
@@ -58,6 +63,9 @@ class ServerConfig:
         _require(self.max_waiting > 0, "max_waiting must be positive")
         _require(self.request_timeout_s > 0 and self.drain_timeout_s >= 0, "timeouts must be positive")
         _require(self.admin_token is None or len(self.admin_token) >= 8, "admin token must have at least 8 characters")
+        for name in ("max_body_bytes", "max_inference_body_bytes", "max_new_tokens_limit", "max_prompt_chars",
+                     "max_stop_chars", "max_messages", "tokenizer_threads"):
+            _require(getattr(self, name) > 0, f"{name} must be positive")
 
     @property
     def base_model_id(self) -> str:
@@ -90,7 +98,12 @@ _SERVER_ENV = {
     "request_timeout_s": ("PROMPTSWAP_REQUEST_TIMEOUT_S", float),
     "drain_timeout_s": ("PROMPTSWAP_DRAIN_TIMEOUT_S", float),
     "max_body_bytes": ("PROMPTSWAP_MAX_BODY_BYTES", int),
+    "max_inference_body_bytes": ("PROMPTSWAP_MAX_INFERENCE_BODY_BYTES", int),
     "max_new_tokens_limit": ("PROMPTSWAP_MAX_NEW_TOKENS_LIMIT", int),
+    "max_prompt_chars": ("PROMPTSWAP_MAX_PROMPT_CHARS", int),
+    "max_stop_chars": ("PROMPTSWAP_MAX_STOP_CHARS", int),
+    "max_messages": ("PROMPTSWAP_MAX_MESSAGES", int),
+    "tokenizer_threads": ("PROMPTSWAP_TOKENIZER_THREADS", int),
 }
 _ENGINE_ENV = {
     "block_size": ("PROMPTSWAP_BLOCK_SIZE", int),
@@ -109,6 +122,7 @@ _STORE_ENV = {
     "max_file_bytes": ("PROMPTSWAP_MAX_FILE_BYTES", int),
     "versions_kept": ("PROMPTSWAP_VERSIONS_KEPT", int),
     "host_cache_tasks": ("PROMPTSWAP_HOST_CACHE_TASKS", int),
+    "host_cache_bytes": ("PROMPTSWAP_HOST_CACHE_BYTES", int),
 }
 
 

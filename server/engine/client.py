@@ -127,6 +127,11 @@ class EngineClient:
         self._require_loaded()
         return self.engine.stats()
 
+    def max_model_len(self) -> int:
+        """Prompt + virtual + generated tokens one sequence may hold (the model's and the KV pool's bounds included)."""
+        self._require_loaded()
+        return self.engine.max_model_len
+
     def tokenize(self, text: str) -> list[int]:
         self._require_loaded()
         return list(self.tokenizer(text).input_ids)

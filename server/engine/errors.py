@@ -8,6 +8,10 @@ class EngineError(Exception):
 class RequestValidationError(EngineError):
     """The request cannot be served as asked (too long for the model, bad parameters). HTTP 400/422."""
 
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param  # the request field at fault (OpenAI's `error.param`), when one is
+
 
 class QueueFullError(EngineError):
     """The waiting queue is at its bound. HTTP 429 with Retry-After."""

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 from server.engine.histogram import Histogram
+
+SAMPLING_EPS = 1e-5  # temperatures below this sample greedily
 
 
 class FinishReason(str, enum.Enum):
@@ -30,6 +33,8 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
+        if not all(math.isfinite(value) for value in (self.temperature, self.top_p, self.repetition_penalty)):
+            raise ValueError("temperature, top_p and repetition_penalty must be finite numbers")
         if self.do_sample and self.temperature <= 0:
             raise ValueError("temperature must be > 0 when sampling")
         if self.top_k < 0:
@@ -38,8 +43,15 @@ class SamplingParams:
             raise ValueError("top_p must be in (0, 1]")
         if self.repetition_penalty <= 0:
             raise ValueError("repetition_penalty must be > 0")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise ValueError("seed must be in [0, 2**63)")  # a signed 64-bit integer, which torch.Generator takes
         if len(self.stop) > 4 or any(not s for s in self.stop):
             raise ValueError("stop takes at most 4 non-empty strings")
+
+    @property
+    def is_greedy(self) -> bool:
+        """Greedy also below SAMPLING_EPS, as vLLM does: dividing logits by such a temperature overflows."""
+        return not self.do_sample or self.temperature < SAMPLING_EPS
 
 
 @dataclass(frozen=True)

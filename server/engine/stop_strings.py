@@ -1,5 +1,10 @@
 """Stop-string matching over streamed text: the output ends before the first stop string, and text that might
-still grow into a stop string is held back from the stream until it cannot."""
+still grow into a stop string is held back from the stream until it cannot.
+
+Work per `add` and `take` is bounded by the new text and the longest stop string, never by the text so far: a stop
+string that ends in the new text starts at most `longest - 1` characters before it, so only that window and the new
+text are searched, and only text not handed out yet (the new text and a held-back tail) is cut or copied.
+"""
 
 from __future__ import annotations
 
@@ -7,37 +12,53 @@ from __future__ import annotations
 class StopStringMatcher:
     def __init__(self, stop: tuple[str, ...]):
         self._stop = stop
-        self._longest = max((len(s) for s in stop), default=0)
-        self.text = ""  # all output text so far, cut before a stop string once one is found
-        self._emitted = 0  # characters of `text` already handed out
+        self._window = max((len(s) for s in stop), default=1) - 1  # characters of old text a new match can start in
+        self._taken: list[str] = []  # text already handed out, in pieces
+        self._pending = ""  # text not handed out yet
+        self._tail = ""  # the last `_window` characters of all text so far
         self.is_stopped = False
+
+    @property
+    def text(self) -> str:
+        """All output text so far, cut before a stop string once one is found. O(text): for tests and logs."""
+        return "".join(self._taken) + self._pending
 
     def add(self, delta: str) -> None:
         if self.is_stopped or not delta:
             return
-        search_from = max(0, len(self.text) - self._longest + 1)
-        self.text += delta
-        cut = self._first_stop(search_from)
+        searched = self._tail + delta
+        pending = self._pending + delta
+        cut = first_stop(searched, self._stop)
         if cut is not None:
-            self.text = self.text[:cut]
+            # `searched` and `pending` end together; a match starts in held-back text, never in text already taken.
+            pending = pending[:max(0, len(pending) - (len(searched) - cut))]
             self.is_stopped = True
-
-    def _first_stop(self, search_from: int) -> int | None:
-        found = [i for i in (self.text.find(s, search_from) for s in self._stop) if i >= 0]
-        return min(found) if found else None
+        self._pending = pending
+        self._tail = _last(searched, self._window)
 
     def take(self, final: bool) -> str:
         """Text safe to emit now; with `final`, everything left."""
-        end = len(self.text) if final or self.is_stopped else len(self.text) - self._held_back()
-        end = max(end, self._emitted)
-        out = self.text[self._emitted:end]
-        self._emitted = end
+        held = 0 if final or self.is_stopped else held_back_length(_last(self._pending, self._window), self._stop)
+        out, self._pending = self._pending[:len(self._pending) - held], self._pending[len(self._pending) - held:]
+        if out:
+            self._taken.append(out)
         return out
 
-    def _held_back(self) -> int:
-        """Length of the longest end of `text` that is the start of some stop string."""
-        for size in range(min(self._longest - 1, len(self.text)), 0, -1):
-            tail = self.text[-size:]
-            if any(s.startswith(tail) for s in self._stop):
-                return size
-        return 0
+
+def first_stop(text: str, stops: tuple[str, ...]) -> int | None:
+    """Where the earliest stop string in `text` starts."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def held_back_length(tail: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest end of `tail` that is the start of some stop string."""
+    for size in range(len(tail), 0, -1):
+        end = tail[-size:]
+        if any(s.startswith(end) for s in stops):
+            return size
+    return 0
+
+
+def _last(text: str, num_chars: int) -> str:
+    return text[max(0, len(text) - num_chars):]

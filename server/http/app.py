@@ -16,6 +16,7 @@ from server.http.errors import install_error_handlers
 from server.http.lifecycle import ServiceState
 from server.http.metrics import Metrics
 from server.http.middleware import BodySizeLimit, RequestCounter
+from server.http.offload import Offloader
 
 
 def create_app(config: ServerConfig, engine: EngineClient) -> FastAPI:
@@ -25,14 +26,20 @@ def create_app(config: ServerConfig, engine: EngineClient) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine.start()  # loads in a background thread
         yield
+        offload.shutdown()
         await run_in_threadpool(engine.shutdown)
 
     app = FastAPI(title="promptswap", lifespan=lifespan)
     metrics = Metrics(config.base_model_id)
-    app.state.context = AppContext(config=config, engine=engine, service=ServiceState(engine), metrics=metrics)
+    offload = Offloader(config.tokenizer_threads, max_pending=config.max_waiting)
+    app.state.context = AppContext(
+        config=config, engine=engine, service=ServiceState(engine), metrics=metrics, offload=offload
+    )
     install_error_handlers(app)
     for module in (routes_generate, routes_openai, routes_admin, routes_service):
         app.include_router(module.router)
-    app.add_middleware(BodySizeLimit, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit, max_body_bytes=config.max_body_bytes, max_inference_body_bytes=config.max_inference_body_bytes
+    )
     app.add_middleware(RequestCounter, metrics=metrics)  # added last: outermost, so it sees every response
     return app

@@ -10,6 +10,7 @@ from server.config import ServerConfig
 from server.engine.client import EngineClient
 from server.http.lifecycle import ServiceState
 from server.http.metrics import Metrics
+from server.http.offload import Offloader
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class AppContext:
     engine: EngineClient
     service: ServiceState  # readiness, draining, requests in flight
     metrics: Metrics
+    offload: Offloader  # tokenizing and chat templates, off the event loop
 
 
 async def get_context(request: Request) -> AppContext:

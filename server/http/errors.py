@@ -16,6 +16,7 @@ from starlette.requests import ClientDisconnect
 
 from prompt_store.errors import (
     InvalidPromptError,
+    InvalidSubtaskError,
     InvalidTaskNameError,
     PromptTooLargeError,
     StorageError,
@@ -100,7 +101,7 @@ def is_openai_path(path: str) -> bool:
 
 def message_of(exc: BaseException) -> str:
     if isinstance(exc, SchemaValidationError):
-        return "; ".join(_describe_schema_error(error) for error in exc.errors())
+        return "; ".join(dict.fromkeys(_describe_schema_error(error) for error in exc.errors()))
     if isinstance(exc, HTTPException):
         return str(exc.detail)
     if kind_of(exc) is INTERNAL:
@@ -109,16 +110,32 @@ def message_of(exc: BaseException) -> str:
 
 
 def _describe_schema_error(error: dict) -> str:
-    location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+    location = _field_path(error.get("loc", ()))
     return f"{location}: {error['msg']}" if location else error["msg"]
+
+
+def _field_path(loc: tuple) -> str:
+    """"messages.0.content" from pydantic's location: without "body", and without the tags it gives each member of
+    a union ("str", "list[int]", "function-after[...]", a model's class name), which name no field."""
+    return ".".join(str(part) for part in loc if part != "body" and not _is_union_tag(part))
+
+
+def _is_union_tag(part: str | int) -> bool:
+    return isinstance(part, str) and (not part.isidentifier() or part[:1].isupper() or part in _TYPE_NAMES)
+
+
+_TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "none"}
 
 
 def _openai_param(exc: BaseException) -> str | None:
     if isinstance(exc, UnknownTaskError):
         return "model"
+    if isinstance(exc, RequestValidationError):
+        return exc.param
+    if isinstance(exc, InvalidSubtaskError):
+        return "subtask"
     if isinstance(exc, SchemaValidationError) and exc.errors():
-        location = [str(part) for part in exc.errors()[0].get("loc", ()) if part != "body"]
-        return ".".join(location) or None
+        return _field_path(exc.errors()[0].get("loc", ())) or None
     return None
 
 

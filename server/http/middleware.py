@@ -7,33 +7,39 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from server.http.errors import BodyTooLargeError
 from server.http.metrics import Metrics
 
+ADMIN_PATH_PREFIX = "/v1/admin/"
+
 
 class BodySizeLimit:
-    """Refuses bodies over `max_body_bytes` (413) when the handler starts reading, so routing and auth come first.
+    """Refuses bodies over the limit (413) when the handler starts reading, so routing and auth come first.
 
-    A declared Content-Length over the limit is refused before a byte of the body is read; a chunked body is
-    refused as soon as the bytes received pass the limit.
+    Uploads (the admin routes) may send up to `max_body_bytes`; every other route, inference above all, at most
+    `max_inference_body_bytes` too, since its body is parsed and validated on the event loop. A declared
+    Content-Length over the limit is refused before a byte of the body is read; a chunked body is refused as soon
+    as the bytes received pass the limit.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int):
+    def __init__(self, app: ASGIApp, max_body_bytes: int, max_inference_body_bytes: int):
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_inference_body_bytes = min(max_body_bytes, max_inference_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.max_body_bytes if scope["path"].startswith(ADMIN_PATH_PREFIX) else self.max_inference_body_bytes
         declared = _content_length(scope)
         num_received = 0
 
         async def limited_receive() -> Message:
             nonlocal num_received
-            if declared is not None and declared > self.max_body_bytes:
-                raise BodyTooLargeError(self.max_body_bytes)
+            if declared is not None and declared > limit:
+                raise BodyTooLargeError(limit)
             message = await receive()
             num_received += len(message.get("body", b""))
-            if num_received > self.max_body_bytes:
-                raise BodyTooLargeError(self.max_body_bytes)
+            if num_received > limit:
+                raise BodyTooLargeError(limit)
             return message
 
         await self.app(scope, limited_receive, send)

@@ -9,7 +9,16 @@ from pydantic import BaseModel, Field
 
 from server.engine.errors import RequestValidationError
 from server.engine.request import FinishReason, RequestOutput, SamplingParams
-from server.http.protocol_tgi import MAX_SEED, build_sampling
+from server.http.protocol_fields import (
+    FINITE_FLOATS,
+    MAX_OPENAI_PENALTY,
+    MAX_REPETITION_PENALTY,
+    MAX_SEED,
+    MAX_TEMPERATURE,
+    MIN_REPETITION_PENALTY,
+    Text,
+    build_sampling,
+)
 
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
@@ -32,16 +41,21 @@ class StreamOptions(BaseModel):
 class SamplingFields(BaseModel):
     """What completions and chat share; `top_k`, `repetition_penalty` and `ignore_eos` are vLLM's extensions."""
 
+    model_config = FINITE_FLOATS
+
     model: str | None = None  # a task name or the base model id; None: the base model
-    temperature: float | None = Field(default=None, ge=0)  # 0: greedy; OpenAI's default 1.0 samples
+    temperature: float | None = Field(default=None, ge=0, le=MAX_TEMPERATURE)  # 0: greedy; the default 1.0 samples
     top_p: float | None = Field(default=None, gt=0, le=1)
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     n: int | None = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
     top_k: int | None = Field(default=None, ge=0)
-    repetition_penalty: float | None = Field(default=None, gt=0)
+    repetition_penalty: float | None = Field(default=None, ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY)
+    # Range-checked as OpenAI does, not applied yet (as before, when they were ignored as unknown fields).
+    presence_penalty: float | None = Field(default=None, ge=-MAX_OPENAI_PENALTY, le=MAX_OPENAI_PENALTY)
+    frequency_penalty: float | None = Field(default=None, ge=-MAX_OPENAI_PENALTY, le=MAX_OPENAI_PENALTY)
     ignore_eos: bool = False
     subtask: int = Field(default=0, ge=0)  # multitask prompt tuning: which sub-task's prompt (promptswap extension)
 
@@ -49,11 +63,13 @@ class SamplingFields(BaseModel):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def to_sampling(self, max_new_tokens: int, max_new_tokens_limit: int) -> SamplingParams:
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+    def to_sampling(self, max_new_tokens: int) -> SamplingParams:
         if self.n not in (None, 1):
-            raise RequestValidationError("only n=1 is supported")
-        if max_new_tokens > max_new_tokens_limit:
-            raise RequestValidationError(f"max_tokens must be <= {max_new_tokens_limit}, got {max_new_tokens}")
+            raise RequestValidationError("only n=1 is supported", param="n")
         temperature = 1.0 if self.temperature is None else self.temperature
         return build_sampling(
             max_new_tokens=max_new_tokens,
@@ -62,15 +78,15 @@ class SamplingFields(BaseModel):
             top_p=self.top_p,
             top_k=self.top_k,
             repetition_penalty=self.repetition_penalty,
-            stop=(self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ()),
+            stop=self.stop_strings,
             seed=self.seed,
             ignore_eos=self.ignore_eos,
         )
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(default=DEFAULT_COMPLETION_MAX_TOKENS, ge=1)
+    prompt: Text | list[Text] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(default=None, ge=1)  # None: DEFAULT_COMPLETION_MAX_TOKENS, or what fits
     echo: bool = False
 
     def prompt_value(self) -> str | tuple[int, ...]:
@@ -78,24 +94,24 @@ class CompletionRequest(SamplingFields):
         prompt = self.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
             if len(prompt) != 1:
-                raise RequestValidationError("exactly one prompt per request is supported")
+                raise RequestValidationError("exactly one prompt per request is supported", param="prompt")
             prompt = prompt[0]
         return prompt if isinstance(prompt, str) else tuple(prompt)
 
 
 class ContentPart(BaseModel):
     type: str
-    text: str | None = None
+    text: Text | None = None
 
 
 class ChatMessage(BaseModel):
-    role: str
-    content: str | list[ContentPart] | None = None
+    role: Text
+    content: Text | list[ContentPart] | None = None
 
     def to_template(self) -> dict:
         if isinstance(self.content, list):
             if any(part.type != "text" for part in self.content):
-                raise RequestValidationError("only text content parts are supported")
+                raise RequestValidationError("only text content parts are supported", param="messages")
             return {"role": self.role, "content": "".join(part.text or "" for part in self.content)}
         return {"role": self.role, "content": self.content or ""}
 
@@ -108,6 +124,10 @@ class ChatCompletionRequest(SamplingFields):
     @property
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def max_tokens_field(self) -> str:
+        return "max_completion_tokens" if self.max_completion_tokens else "max_tokens"
 
 
 class Usage(BaseModel):

@@ -4,28 +4,33 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from server.engine.errors import RequestValidationError
 from server.engine.request import RequestOutput, SamplingParams
-
-MAX_SEED = 2**63 - 1
+from server.http.protocol_fields import (
+    FINITE_FLOATS,
+    MAX_REPETITION_PENALTY,
+    MAX_SEED,
+    MAX_TEMPERATURE,
+    MIN_REPETITION_PENALTY,
+    Text,
+    build_sampling,
+)
 
 
 class GenerateParameters(BaseModel):
     # TGI clients send every parameter, unset ones as null; null means "the default". Unknown fields are ignored.
+    model_config = FINITE_FLOATS
+
     max_new_tokens: int | None = Field(default=None, ge=1)
     do_sample: bool | None = None
-    temperature: float | None = Field(default=None, gt=0)
+    temperature: float | None = Field(default=None, gt=0, le=MAX_TEMPERATURE)
     top_p: float | None = Field(default=None, gt=0, le=1)
     top_k: int | None = Field(default=None, ge=0)
-    repetition_penalty: float | None = Field(default=None, gt=0)
-    stop: list[str] | None = Field(default=None, max_length=4)
+    repetition_penalty: float | None = Field(default=None, ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY)
+    stop: list[Text] | None = Field(default=None, max_length=4)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     return_full_text: bool | None = None
 
-    def to_sampling(self, max_new_tokens_limit: int) -> SamplingParams:
-        max_new_tokens = self.max_new_tokens or SamplingParams.max_new_tokens
-        if max_new_tokens > max_new_tokens_limit:
-            raise RequestValidationError(f"max_new_tokens must be <= {max_new_tokens_limit}, got {max_new_tokens}")
+    def to_sampling(self, max_new_tokens: int) -> SamplingParams:
         return build_sampling(
             max_new_tokens=max_new_tokens,
             do_sample=bool(self.do_sample),
@@ -38,16 +43,8 @@ class GenerateParameters(BaseModel):
         )
 
 
-def build_sampling(**values) -> SamplingParams:
-    """SamplingParams from request values (None: the default); its own checks become 4xx validation errors."""
-    try:
-        return SamplingParams(**{name: value for name, value in values.items() if value is not None})
-    except ValueError as exc:
-        raise RequestValidationError(str(exc)) from None
-
-
 class GenerateRequest(BaseModel):
-    inputs: str
+    inputs: Text
     parameters: GenerateParameters = Field(default_factory=GenerateParameters)
     stream: bool = False
 

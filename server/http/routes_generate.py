@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Depends, Query, Request
 
 from server.engine.client import SubmitRequest
-from server.engine.request import RequestOutput
+from server.engine.request import RequestOutput, SamplingParams
 from server.http.context import AppContext, get_context
 from server.http.generation import Generation
+from server.http.limits import check_stop
+from server.http.prepare import prompt_token_ids, token_budget
 from server.http.protocol_tgi import GenerateDetails, GenerateRequest, GenerateResponse, StreamEvent, StreamToken
 from server.http.sse import EventStreamResponse, sse_event
 
@@ -24,8 +26,14 @@ async def generate(
     subtask: int = Query(default=0, ge=0, description="multitask prompt tuning: which sub-task's prompt"),
     ctx: AppContext = Depends(get_context),
 ):
-    sampling = body.parameters.to_sampling(ctx.config.max_new_tokens_limit)
-    submit = SubmitRequest(prompt=body.inputs, sampling=sampling, task=task or None, subtask=subtask)
+    parameters = body.parameters
+    check_stop(ctx.config, tuple(parameters.stop or ()), "parameters.stop")
+    token_ids = await prompt_token_ids(ctx, body.inputs, "inputs")
+    max_new_tokens = token_budget(ctx, token_ids, task).max_new_tokens(
+        parameters.max_new_tokens, SamplingParams.max_new_tokens, "parameters.max_new_tokens", "inputs"
+    )
+    sampling = parameters.to_sampling(max_new_tokens)
+    submit = SubmitRequest(prompt=token_ids, sampling=sampling, task=task or None, subtask=subtask)
     generation = Generation.start(ctx, request, submit)
     prefix = body.inputs if body.parameters.return_full_text else ""
     if body.stream:

@@ -10,9 +10,10 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from server.engine.client import SubmitRequest
-from server.engine.request import SamplingParams
 from server.http.context import AppContext, get_context
 from server.http.generation import Generation
+from server.http.limits import check_stop
+from server.http.prepare import chat_token_ids, prompt_token_ids, token_budget
 from server.http.protocol_openai import (
     DEFAULT_COMPLETION_MAX_TOKENS,
     ChatChoice,
@@ -47,9 +48,15 @@ async def list_models(ctx: AppContext = Depends(get_context)) -> ModelList:
 @router.post("/v1/completions", response_model=CompletionResponse)
 async def completions(body: CompletionRequest, request: Request, ctx: AppContext = Depends(get_context)):
     prompt = body.prompt_value()
-    sampling = body.to_sampling(body.max_tokens or DEFAULT_COMPLETION_MAX_TOKENS, ctx.config.max_new_tokens_limit)
+    check_stop(ctx.config, body.stop_strings, "stop")
+    token_ids = await prompt_token_ids(ctx, prompt, "prompt")
     request_id, model = f"cmpl-{uuid.uuid4().hex}", body.model or ctx.config.base_model_id
-    generation = Generation.start(ctx, request, _submit_request(ctx, prompt, sampling, model, request_id, body.subtask))
+    task = _task_of(ctx, model)
+    max_tokens = token_budget(ctx, token_ids, task).max_new_tokens(
+        body.max_tokens, DEFAULT_COMPLETION_MAX_TOKENS, "max_tokens", "prompt"
+    )
+    submit = SubmitRequest(token_ids, body.to_sampling(max_tokens), task, body.subtask, request_id)
+    generation = Generation.start(ctx, request, submit)
     echo = prompt if body.echo and isinstance(prompt, str) else ""
     if body.stream:
         chunks = _completion_chunks(generation, request_id, model, echo, body.include_usage)
@@ -61,13 +68,16 @@ async def completions(body: CompletionRequest, request: Request, ctx: AppContext
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
 async def chat_completions(body: ChatCompletionRequest, request: Request, ctx: AppContext = Depends(get_context)):
-    ctx.service.require_loaded()
-    prompt = ctx.engine.apply_chat_template([message.to_template() for message in body.messages])
-    # OpenAI's chat default is "until the context is full": the engine ends a sequence at the model's length.
-    max_tokens = body.requested_max_tokens or ctx.config.max_new_tokens_limit
-    sampling = body.to_sampling(max_tokens, ctx.config.max_new_tokens_limit)
+    check_stop(ctx.config, body.stop_strings, "stop")
+    token_ids = await chat_token_ids(ctx, [message.to_template() for message in body.messages])
     request_id, model = f"chatcmpl-{uuid.uuid4().hex}", body.model or ctx.config.base_model_id
-    generation = Generation.start(ctx, request, _submit_request(ctx, prompt, sampling, model, request_id, body.subtask))
+    task = _task_of(ctx, model)
+    # OpenAI's chat default is "until the context is full": as many tokens as fit, up to the server's limit.
+    max_tokens = token_budget(ctx, token_ids, task).max_new_tokens(
+        body.requested_max_tokens, ctx.config.max_new_tokens_limit, body.max_tokens_field, "messages"
+    )
+    submit = SubmitRequest(token_ids, body.to_sampling(max_tokens), task, body.subtask, request_id)
+    generation = Generation.start(ctx, request, submit)
     if body.stream:
         chunks = _chat_chunks(generation, request_id, model, body.include_usage)
         return EventStreamResponse(chunks, on_close=generation.close, is_openai=True)
@@ -78,11 +88,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, ctx: A
     return ChatCompletionResponse(id=request_id, model=model, choices=[choice], usage=Usage.of(completion.final))
 
 
-def _submit_request(
-    ctx: AppContext, prompt, sampling: SamplingParams, model: str, request_id: str, subtask: int
-) -> SubmitRequest:
-    task = None if model == ctx.config.base_model_id else model
-    return SubmitRequest(prompt=prompt, sampling=sampling, task=task, subtask=subtask, request_id=request_id)
+def _task_of(ctx: AppContext, model: str) -> str | None:
+    return None if model == ctx.config.base_model_id else model
 
 
 async def _completion_chunks(

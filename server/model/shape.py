@@ -22,6 +22,7 @@ def model_shape(model: PreTrainedModel) -> ModelShape:
         head_dim=_first_attr(config, "head_dim", default=hidden_size // num_heads),
         # The embedding rows, not config.vocab_size: ids at or above this number address soft-prompt rows.
         vocab_size=model.get_input_embeddings().weight.shape[0],
+        serving_dtype=str(model.dtype).removeprefix("torch."),
     )
 
 

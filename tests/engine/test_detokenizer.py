@@ -159,3 +159,34 @@ def test_arbitrary_token_ids_add_up_to_the_decoded_text(tokenizers_under_test, n
     generated_ids = data.draw(st.lists(st.integers(0, vocab - 1), max_size=12))
     deltas = _stream(tokenizer, prompt_ids, generated_ids)
     assert "".join(deltas) == _expected(tokenizer, prompt_ids, generated_ids)
+
+
+class _CountingTokenizer:
+    """Delegates to a tokenizer and records how many ids each decode call is given."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self.decoded_lengths: list[int] = []
+
+    def decode(self, ids, **kwargs) -> str:
+        self.decoded_lengths.append(len(ids))
+        return self._tokenizer.decode(ids, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["byte_level", "smollm2"])
+def test_work_per_token_is_bounded_however_long_the_text_and_however_stuck(tokenizers_under_test, name):
+    """Each token costs two decodes of a bounded window, not of the text so far: also through long runs of skipped
+    special tokens and of byte tokens that never complete a character (the window used to grow with both)."""
+    from server.engine.detokenizer import MAX_UNREAD_TOKENS
+
+    tokenizer = tokenizers_under_test[name]
+    text_ids = tokenizer.encode(CORPUS[0] + CORPUS[1] + CORPUS[2], add_special_tokens=False)
+    lead_byte = tokenizer.encode(" ☃", add_special_tokens=False)[-3]  # the first of the snowman's three bytes
+    generated = text_ids * 20 + [tokenizer.eos_token_id] * 100 + text_ids + [lead_byte] * 100 + text_ids
+    counting = _CountingTokenizer(tokenizer)
+    detok = IncrementalDetokenizer(counting, text_ids[:7])
+    deltas = [detok.add(token_id) for token_id in generated]
+    assert len(counting.decoded_lengths) == 2 * len(generated)
+    assert max(counting.decoded_lengths) <= 2 * MAX_UNREAD_TOKENS
+    deltas.append(detok.flush())
+    assert "".join(deltas) == _expected(tokenizer, text_ids[:7], generated)

@@ -170,3 +170,127 @@ def test_a_seeded_row_samples_the_same_in_any_batch():
     batched = sample(logits.clone(), batch_params, [[]] * 4, gens)
     assert batched[2] == alone[0]
     assert batched[0] == int(logits[0].argmax()) and batched[3] == int(logits[3].argmax())
+
+
+# ---- numerical safety: every row gets a valid token, whatever its logits or parameters ---------------------------
+def _spy_multinomial(monkeypatch) -> list[torch.Tensor]:
+    """Records the probabilities handed to multinomial, and fails the test if one is not a distribution."""
+    captured = []
+    real_multinomial = torch.multinomial
+
+    def spy(probs, num_samples, **kwargs):
+        assert bool(torch.isfinite(probs).all()) and float(probs.sum()) > 0 and bool((probs >= 0).all()), probs
+        captured.append(probs.clone())
+        return real_multinomial(probs, num_samples, **kwargs)
+
+    monkeypatch.setattr(sampler.torch, "multinomial", spy)
+    return captured
+
+
+def _bad_rows() -> torch.Tensor:
+    finite = _random_logits(20)[0]
+    nan_row = finite.clone()
+    nan_row[3] = float("nan")
+    all_nan = torch.full((VOCAB,), float("nan"))
+    pos_inf = finite.clone()
+    pos_inf[[5, 9]] = float("inf")
+    neg_inf = torch.full((VOCAB,), float("-inf"))
+    mixed = finite.clone()
+    mixed[::2] = float("-inf")
+    huge = finite * 3e38  # overflows once divided by a temperature below 1
+    return torch.stack([nan_row, all_nan, pos_inf, neg_inf, mixed, huge, finite])
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(do_sample=True),
+    SamplingParams(do_sample=True, temperature=0.5, top_k=3, top_p=0.9),
+    SamplingParams(do_sample=True, temperature=1e-300),
+    SamplingParams(do_sample=True, temperature=5e-324),
+    SamplingParams(do_sample=True, temperature=1e300),
+    SamplingParams(do_sample=True, top_p=1e-300),
+    SamplingParams(do_sample=True, top_k=2**70),
+    SamplingParams(do_sample=True, repetition_penalty=1e-300),
+    SamplingParams(do_sample=True, repetition_penalty=1e300),
+    SamplingParams(repetition_penalty=1e-300),
+    SamplingParams(),
+])
+def test_no_logits_and_no_parameters_make_the_sampler_raise(monkeypatch, params):
+    _spy_multinomial(monkeypatch)
+    logits = _bad_rows()
+    rows = logits.shape[0]
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        chosen = sample(logits.to(dtype), [params] * rows, [[0, 5, 7]] * rows, [_generator(i) for i in range(rows)])
+        assert len(chosen) == rows and all(isinstance(t, int) and 0 <= t < VOCAB for t in chosen)
+
+
+def test_a_sampled_row_that_is_no_distribution_takes_its_greedy_token(monkeypatch):
+    captured = _spy_multinomial(monkeypatch)
+    logits = _bad_rows()
+    params = SamplingParams(do_sample=True)
+    chosen = sample(logits, [params] * 7, [[]] * 7, [_generator(i) for i in range(7)])
+    assert chosen[2] in (5, 9)  # an infinite logit wins
+    assert chosen[0] != 3  # a NaN logit is -inf, never chosen
+    assert chosen[4] % 2 == 1  # -inf entries are never drawn
+    assert len(captured) == 7  # every row drew from a valid distribution (a one-hot one for the broken rows)
+
+
+def test_a_temperature_below_epsilon_is_greedy_and_leaves_the_generator_alone(monkeypatch):
+    captured = _spy_multinomial(monkeypatch)
+    logits = _random_logits(21, rows=3)
+    for temperature in (1e-300, 5e-324, 9e-6):
+        params = SamplingParams(do_sample=True, temperature=temperature)
+        assert params.is_greedy
+        generator = _generator(4)
+        state = generator.get_state()
+        assert sample(logits.clone(), [params] * 3, [[]] * 3, [generator] * 3) == logits.argmax(-1).tolist()
+        assert torch.equal(generator.get_state(), state)
+    assert captured == []
+    assert not SamplingParams(do_sample=True, temperature=1e-4).is_greedy
+
+
+def test_a_huge_temperature_samples_uniformly_and_a_tiny_top_p_keeps_the_best_token():
+    logits = _random_logits(22)
+    hot = SamplingParams(do_sample=True, temperature=1e300)
+    g = _generator(2)
+    assert len({sample(logits.clone(), [hot], [[]], [g])[0] for _ in range(300)}) > VOCAB // 2
+    for top_p in (1e-300, 5e-324, 1e-9):
+        narrow = SamplingParams(do_sample=True, top_p=top_p)
+        assert {sample(logits.clone(), [narrow], [[]], [g])[0] for _ in range(20)} == {int(logits.argmax())}
+
+
+def test_a_huge_top_k_is_no_filter():
+    logits = _random_logits(23, dtype=torch.float64)
+    assert torch.equal(filter_top_k(logits[0].clone(), 2**70), logits[0])
+    a = sample(logits.clone(), [SamplingParams(do_sample=True, top_k=2**70)], [[]], [_generator(5)])
+    b = sample(logits.clone(), [SamplingParams(do_sample=True)], [[]], [_generator(5)])
+    assert a == b
+
+
+def test_broken_rows_leave_greedy_and_sampled_neighbours_as_they_were():
+    good = _random_logits(24, rows=4, vocab=VOCAB)
+    batch = torch.cat([good[:2], _bad_rows()[:2], good[2:]])
+    params = [SamplingParams(), SamplingParams(do_sample=True, seed=1), SamplingParams(do_sample=True),
+              SamplingParams(), SamplingParams(), SamplingParams(do_sample=True, seed=2)]
+    gens = [None, _generator(1), _generator(9), None, None, _generator(2)]
+    chosen = sample(batch.clone(), params, [[]] * 6, gens)
+    assert chosen[0] == int(good[0].argmax()) and chosen[4] == int(good[2].argmax())
+    assert chosen[1] == sample(good[1:2].clone(), [params[1]], [[]], [_generator(1)])[0]
+    assert chosen[5] == sample(good[3:4].clone(), [params[5]], [[]], [_generator(2)])[0]
+    assert chosen[3] == 0  # all NaN: every logit -inf, the argmax is the first id
+
+
+def test_batched_filters_equal_the_row_by_row_ones():
+    logits = _random_logits(25, rows=5, dtype=torch.float64)
+    ks, ps = [0, 1, 7, VOCAB, 3], [1.0, 0.3, 0.9, 0.5, 1.0]
+    batched = sampler._filter(logits.clone(), ks, ps)
+    for i in range(5):
+        assert _survivors(batched[i]) == _survivors(filter_top_p(filter_top_k(logits[i].clone(), ks[i]), ps[i]))
+
+
+@pytest.mark.parametrize("values", [
+    {"temperature": float("nan"), "do_sample": True}, {"temperature": float("inf")}, {"top_p": float("nan")},
+    {"repetition_penalty": float("inf")}, {"repetition_penalty": float("nan")}, {"seed": 2**63}, {"seed": -1},
+])
+def test_sampling_params_refuse_what_the_sampler_cannot_take(values):
+    with pytest.raises(ValueError):
+        SamplingParams(**values)

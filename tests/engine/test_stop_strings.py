@@ -163,3 +163,43 @@ def test_one_character_at_a_time_holds_back_only_possible_stop_prefixes(text, st
         held = matcher.text[len(emitted):]
         # what is held back is the start of some stop string (or nothing)
         assert held == "" or any(s.startswith(held) for s in stops)
+
+
+def test_work_per_token_is_bounded_by_the_new_text_and_the_longest_stop_string(monkeypatch):
+    """A long generation: every string the matcher searches or scans for a held-back tail stays as short as the
+    newest delta plus the longest stop string, however much text came before (it used to be the whole text)."""
+    from server.engine import stop_strings
+
+    scanned = []
+    def recording(real):
+        return lambda text, stops: scanned.append(len(text)) or real(text, stops)
+
+    for name in ("first_stop", "held_back_length"):
+        monkeypatch.setattr(stop_strings, name, recording(getattr(stop_strings, name)))
+    stops = ("<|end|>", "abcab" * 50)
+    longest = max(len(s) for s in stops)
+    deltas = ["abca", "b", "<|", "en", "x yz", "abc"] * 4000  # near-misses of both stop strings, all the way
+    matcher = StopStringMatcher(stops)
+    emitted = []
+    for delta in deltas:
+        matcher.add(delta)
+        emitted.append(matcher.take(final=False))
+    assert not matcher.is_stopped
+    emitted.append(matcher.take(final=True))
+    assert "".join(emitted) == "".join(deltas) == matcher.text
+    assert len(scanned) == 2 * len(deltas)
+    assert max(scanned) <= longest - 1 + max(len(d) for d in deltas)
+
+
+def test_a_stop_string_found_after_a_long_text_cuts_exactly_there():
+    matcher = StopStringMatcher(("STOP",))
+    for _ in range(5000):
+        matcher.add("ST")
+        matcher.take(final=False)
+        matcher.add("OX ")
+        matcher.take(final=False)
+    matcher.add("S")
+    matcher.add("TOP and more")
+    assert matcher.is_stopped
+    assert matcher.text == "STOX " * 5000
+    assert matcher.take(final=True) == ""  # "S" had been held back, and is part of the stop string

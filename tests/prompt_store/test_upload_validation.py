@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 from dataclasses import replace
 
@@ -490,3 +491,46 @@ def test_optional_fields_may_be_null(adapters):
     )
     spec = read_peft_files(config, adapter.model_bytes, adapter.shape, LIMITS)
     assert tuple(spec.tensor.shape) == (1, 2, 2, 4, 2, 16)
+
+
+# ---- finite in the serving dtype ---------------------------------------------------------------------------------
+EMBEDDINGS = "prompt_embeddings"
+
+
+@pytest.mark.parametrize(
+    "adapter_name, serving_dtype, changes, tensor_name",
+    [
+        ("llama/prompt_tuning_random", torch.float16, {"prompt_embeddings": torch.full((4, 64), 1e5)}, EMBEDDINGS),
+        ("llama/prefix", torch.float16, {"prompt_embeddings": torch.full((4, 128), -7e4)}, EMBEDDINGS),
+        ("llama/prompt_tuning_random", torch.bfloat16, {"prompt_embeddings": torch.full((4, 64), 3.4e38)}, EMBEDDINGS),
+        (
+            "llama/multitask",
+            torch.float16,
+            {"prefix_task_cols": torch.full((3, 4, 2), 300.0), "prefix_task_rows": torch.full((3, 2, 64), 300.0)},
+            "prefix_task_cols @ prefix_task_rows",
+        ),
+    ],
+)
+def test_values_that_overflow_the_serving_dtype_are_refused_naming_the_tensor(
+    adapters, make_registry, store_config, adapter_name, serving_dtype, changes, tensor_name
+):
+    adapter = adapters[adapter_name]
+    model_bytes = _tensors(adapter, **changes)
+    read_peft_files(adapter.config_bytes, model_bytes, adapter.shape, LIMITS)  # fine in float32
+    dtype_name = str(serving_dtype).removeprefix("torch.")
+    shape = replace(adapter.shape, serving_dtype=dtype_name)
+    named = rf"tensor '[^']*{re.escape(tensor_name)}[^']*' .* overflow {dtype_name}"
+    with pytest.raises(InvalidPromptError, match=named):
+        read_peft_files(adapter.config_bytes, model_bytes, shape, LIMITS)
+    registry = make_registry(shape=shape)
+    with pytest.raises(InvalidPromptError, match="overflow"):
+        registry.upload("big", adapter.config_bytes, model_bytes)
+    assert not registry.has_task("big")
+
+
+def test_values_that_fit_the_serving_dtype_are_served_as_uploaded(adapters):
+    adapter = adapters["llama/prompt_tuning_random"]
+    model_bytes = _tensors(adapter, prompt_embeddings=torch.full((4, 64), 6.5e4))  # float16's largest is 65504
+    shape = replace(adapter.shape, serving_dtype="float16")
+    spec = read_peft_files(adapter.config_bytes, model_bytes, shape, LIMITS)
+    assert spec.tensor.dtype == torch.float32 and float(spec.tensor.max()) == 6.5e4

@@ -176,6 +176,9 @@ class FakeEngine(EngineClient):
             sizes = sizes.observed(size)
         return EngineStats(running, 0, 90, 100, 2, 1, 7, sizes)
 
+    def max_model_len(self) -> int:
+        return self.config.engine.max_model_len
+
     def tokenize(self, text: str) -> list[int]:
         return [1] + [ord(c) for c in text]
 
@@ -242,6 +245,7 @@ def test_fake_engine_offers_every_engine_client_method_with_the_same_parameters(
         "is_ready",
         "is_alive",
         "stats",
+        "max_model_len",
         "tokenize",
         "apply_chat_template",
         "submit",

@@ -69,11 +69,11 @@ def test_unknown_fields_are_ignored_and_token_prompts_accepted():
 @pytest.mark.parametrize(
     "body, param",
     [
-        ({"prompt": "x", "n": 2}, None),
-        ({"prompt": ["a", "b"]}, None),
+        ({"prompt": "x", "n": 2}, "n"),
+        ({"prompt": ["a", "b"]}, "prompt"),
         ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
         ({"prompt": "x", "temperature": -1}, "temperature"),
-        ({"prompt": "x", "stop": ["1", "2", "3", "4", "5"]}, None),
+        ({"prompt": "x", "stop": ["1", "2", "3", "4", "5"]}, "stop"),
         ({"max_tokens": 3}, "prompt"),
     ],
 )
@@ -128,7 +128,8 @@ def test_chat_applies_the_template_and_answers_in_chat_shape():
                 "finish_reason": "length",
             }
         ]
-        assert engine.streams[-1].request.prompt == "<system>Be brief.<user>Hi<assistant>"
+        # tokenized off the event loop, so the engine gets the template's tokens
+        assert engine.streams[-1].request.prompt == tuple(engine.tokenize("<system>Be brief.<user>Hi<assistant>"))
         assert body["usage"]["prompt_tokens"] == len(engine.tokenize("<system>Be brief.<user>Hi<assistant>"))
 
     run_with_client(check)

@@ -176,6 +176,12 @@ def test_tiny_llama_shape(tiny_llama_dir: Path, tmp_path: Path):
     assert loaded.model_path == tiny_llama_dir
 
 
+def test_the_shape_carries_the_serving_dtype_uploads_are_checked_in(tiny_llama_dir: Path, tmp_path: Path):
+    assert _load(str(tiny_llama_dir), tmp_path).shape.serving_dtype == "float32"
+    half = load_model(str(tiny_llama_dir), tmp_path, CPU, torch.float16, None)
+    assert half.shape.serving_dtype == "float16"
+
+
 def test_tiny_gpt2_shape(tiny_gpt2_dir: Path, tmp_path: Path):
     loaded = _load(str(tiny_gpt2_dir), tmp_path)
     assert loaded.shape == ModelShape(hidden_size=64, num_layers=2, num_kv_heads=4, head_dim=16, vocab_size=49152)
