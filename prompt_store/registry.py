@@ -67,6 +67,7 @@ class PromptRegistry:
         # across restarts): new versions are numbered above it, so (task, version) never names two prompts.
         self._version_floor: dict[str, int] = {}
         self._num_damaged_entries = 0  # entries load() skipped and reported
+        self._damaged_versions: set[VersionKey] = set()  # versions found damaged when read for a request
         self._cache = HostCache(config.host_cache_tasks, config.host_cache_bytes)
         self._counts: Counter[str] = Counter()
 
@@ -217,16 +218,30 @@ class PromptRegistry:
             raise UnknownTaskError(f"task {ref.task!r} version {ref.version} is gone (was the ref unpinned?)")
         try:
             spec = self._load(ref.task, record)
-        except StorageError:
+        except StorageError as exc:
             with self._lock:  # a concurrent delete may have moved it to the cache before removing the files
                 spec = self._cache_get(ref.key)
             if spec is None:
+                self._report_damaged(ref.key, exc)
                 raise
             return spec
         with self._lock:
             if self._record_of(ref.key) is not None:
                 self._cache_put(ref.key, spec)
         return spec
+
+    def is_in_host_tier(self, ref: TaskVersionRef) -> bool:
+        """Whether `spec(ref)` would be a memory lookup, not a read from the store."""
+        with self._lock:
+            return ref.key in self._cache
+
+    def _report_damaged(self, key: VersionKey, exc: StorageError) -> None:
+        """Like a damaged entry at start-up: one warning line and the damaged-entries gauge (once per version)."""
+        with self._lock:
+            if key in self._damaged_versions:
+                return
+            self._damaged_versions.add(key)
+        log.warning("damaged prompt store entry, its requests fail: %s", exc)
 
     # ---- admin ---------------------------------------------------------------------------------------------
     def activate(self, task: str, version: int) -> TaskInfo:
@@ -313,7 +328,7 @@ class PromptRegistry:
                 uploads_rejected=self._counts["uploads_rejected"],
                 uploads_failed=self._counts["uploads_failed"],
                 evictions=self._counts["evictions"],
-                num_damaged_entries=self._num_damaged_entries,
+                num_damaged_entries=self._num_damaged_entries + len(self._damaged_versions),
             )
 
     # ---- helpers -------------------------------------------------------------------------------------------

@@ -67,8 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
     # Held for the life of the process, so a second server on this store fails here, before it binds its port.
     StoreLock(config.store.directory)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_server(config, EngineClient(config))
-    return 0
+    return run_server(config, EngineClient(config))
 
 
 def _upload(args: argparse.Namespace) -> int:

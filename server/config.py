@@ -26,6 +26,7 @@ class EngineConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     dtype: str = "auto"  # "auto" (float32 on CPU, bfloat16 on CUDA) | "float32" | "bfloat16" | "float16"
     use_reference_kernels: bool = False  # force the torch reference path even on CUDA
+    fault_injection: str | None = None  # tests only: "run:MARKER" or "loop:MARKER" (engine/fault_injection.py)
 
     def __post_init__(self) -> None:
         _require(self.block_size > 0 and self.block_size & (self.block_size - 1) == 0, "block_size must be a power of 2")
@@ -55,6 +56,7 @@ class ServerConfig:
     max_stop_chars: int = 256  # characters of one stop string (a request has at most 4)
     max_messages: int = 1024  # messages of one chat request
     tokenizer_threads: int = 2  # threads that tokenize and apply chat templates, off the event loop
+    health_stall_timeout_s: float = 60.0  # /health is 503 when the engine has work and no step ended for this long
     engine: EngineConfig = field(default_factory=EngineConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
 
@@ -64,7 +66,7 @@ class ServerConfig:
         _require(self.request_timeout_s > 0 and self.drain_timeout_s >= 0, "timeouts must be positive")
         _require(self.admin_token is None or len(self.admin_token) >= 8, "admin token must have at least 8 characters")
         for name in ("max_body_bytes", "max_inference_body_bytes", "max_new_tokens_limit", "max_prompt_chars",
-                     "max_stop_chars", "max_messages", "tokenizer_threads"):
+                     "max_stop_chars", "max_messages", "tokenizer_threads", "health_stall_timeout_s"):
             _require(getattr(self, name) > 0, f"{name} must be positive")
 
     @property
@@ -104,6 +106,7 @@ _SERVER_ENV = {
     "max_stop_chars": ("PROMPTSWAP_MAX_STOP_CHARS", int),
     "max_messages": ("PROMPTSWAP_MAX_MESSAGES", int),
     "tokenizer_threads": ("PROMPTSWAP_TOKENIZER_THREADS", int),
+    "health_stall_timeout_s": ("PROMPTSWAP_HEALTH_STALL_TIMEOUT_S", float),
 }
 _ENGINE_ENV = {
     "block_size": ("PROMPTSWAP_BLOCK_SIZE", int),
@@ -115,6 +118,7 @@ _ENGINE_ENV = {
     "device": ("PROMPTSWAP_DEVICE", str),
     "dtype": ("PROMPTSWAP_DTYPE", str),
     "use_reference_kernels": ("PROMPTSWAP_REFERENCE_KERNELS", bool),
+    "fault_injection": ("PROMPTSWAP_FAULT_INJECTION", str),
 }
 _STORE_ENV = {
     "directory": ("PROMPTSWAP_STORE", Path),

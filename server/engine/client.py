@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from server.config import ServerConfig
@@ -63,7 +64,9 @@ class EngineClient:
         self.registry = None  # PromptRegistry, set once loaded
         self.engine = None  # LLMEngine, set once loaded
         self.tokenizer = None
-        self.load_error: BaseException | None = None
+        self.fatal_error: BaseException | None = None  # why the engine stopped (at start-up or later), if it did
+        self.on_fatal: Callable[[], None] | None = None  # set by the server: ends the process, non-zero
+        self._heartbeat = time.monotonic()  # the loop's last pass that was not stuck in a step
         self.is_draining = False  # the one draining flag: the HTTP layer's ServiceState reads it here
         self._is_stopping = False
         self._thread: threading.Thread | None = None
@@ -78,11 +81,14 @@ class EngineClient:
     def _run(self) -> None:
         try:
             self._load()
-        except BaseException as exc:  # reported through /health and the log; the process stays up to say so
-            log.exception("start-up failed")
-            self.load_error = exc
-            return
-        self._loop()
+            self._loop()
+        except BaseException as exc:
+            # Failures the engine can pin on requests stay inside step(); this one it cannot: a process that
+            # only answers 503 would serve nobody, so it ends, non-zero, for its supervisor to restart it.
+            log.critical("the engine cannot continue; the process exits", exc_info=exc)
+            self.fatal_error = exc
+            if self.on_fatal is not None:
+                self.on_fatal()
 
     def _load(self) -> None:
         from server.engine.bootstrap import build_engine
@@ -94,12 +100,19 @@ class EngineClient:
             engine.wait_for_work(timeout=0.1)
             if engine.has_work():
                 engine.step()
+            self._heartbeat = time.monotonic()
 
     def is_ready(self) -> bool:
         return self.engine is not None and not self.is_draining and self.is_alive()
 
     def is_alive(self) -> bool:
-        return self.load_error is None and self._thread is not None and self._thread.is_alive()
+        return self.fatal_error is None and self._thread is not None and self._thread.is_alive()
+
+    def is_stalled(self) -> bool:
+        """The loop has been inside one step for longer than `health_stall_timeout_s` (an idle loop passes every
+        0.1 s; a request waiting for its prompt to load does not hold the loop)."""
+        is_stepping_too_long = time.monotonic() - self._heartbeat > self.config.health_stall_timeout_s
+        return self.engine is not None and is_stepping_too_long and self.engine.has_work()
 
     def begin_drain(self) -> None:
         self.is_draining = True

@@ -23,3 +23,8 @@ class QueueFullError(EngineError):
 
 class EngineNotReadyError(EngineError):
     """The engine is loading or draining and admits nothing. HTTP 503."""
+
+
+class RequestFailedError(EngineError):
+    """The engine admitted the request but could not serve it: its step failed, or its prompt file is damaged.
+    HTTP 500; the message says which, and no other request was affected."""

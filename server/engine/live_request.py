@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from server.engine.request import RequestOutput
@@ -45,3 +46,8 @@ class LiveRequest:
 
     seq: Sequence
     handle: RequestHandle
+    prompt_load: Future[None] | None = None  # its prompt version's load from the store (prompt_loader.py), if cold
+
+    @property
+    def is_loading(self) -> bool:
+        return self.prompt_load is not None and not self.prompt_load.done()

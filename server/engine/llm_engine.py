@@ -3,10 +3,16 @@
 A step: take arrivals and aborts -> schedule -> run -> sample -> postprocess -> unpin the finished -> deliver.
 The scheduler owns both halves of the step's state (scheduler.py); this file owns the request table, which spans
 from `add_request` to the delivery of a request's last output.
+
+Faults stay local: a request whose prompt version is cold waits, off the scheduler, while a worker loads it
+(prompt_loader.py), and fails alone if the file is damaged; a run or sample that raises fails only the requests
+at fault (step_isolation.py). What the engine cannot attribute (the scheduler, delivery) raises out of `step()`:
+its state can no longer be trusted, and EngineClient ends the process.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -17,24 +23,29 @@ import torch
 
 from server.config import EngineConfig
 from server.engine import attention
-from server.engine.batch import SchedulerOutput
+from server.engine.batch import MaterializationChunk, SchedulerOutput
 from server.engine.block_manager import BlockManager
 from server.engine.detokenizer import IncrementalDetokenizer
 from server.engine.errors import RequestValidationError
+from server.engine.fault_injection import FaultInjector
 from server.engine.histogram import BATCH_SIZE_BUCKETS, Histogram
 from server.engine.kv_cache import KVCache
 from server.engine.live_request import LiveRequest, OutputCallback, RequestHandle
 from server.engine.model_runner import ModelRunner
 from server.engine.prompt_cache import PromptCache
+from server.engine.prompt_loader import PromptLoader
 from server.engine.prompt_table import PromptTable
 from server.engine.request import EngineStats, FinishReason, GenerationRequest, RequestOutput
 from server.engine.sampler import sample
 from server.engine.scheduler import Scheduler
 from server.engine.sequence import Sequence
+from server.engine.step_isolation import isolate
 from server.engine.stop_strings import StopStringMatcher
 
 if TYPE_CHECKING:
     from prompt_store.registry import PromptRegistry
+
+log = logging.getLogger("promptswap.engine")
 
 
 class LLMEngine:
@@ -58,8 +69,14 @@ class LLMEngine:
         self._requests: dict[str, LiveRequest] = {}  # every request not yet delivered its last output
         self._arrivals: deque[LiveRequest] = deque()  # added, not yet handed to the scheduler
         self._aborts: deque[str] = deque()
+        self._loading: list[LiveRequest] = []  # arrived, its prompt version still being loaded (loop thread only)
         self._wakeup = threading.Event()
+        self.loader = PromptLoader(registry, on_loaded=self._wakeup.set)
+        self.faults = FaultInjector.parse(config.fault_injection, tokenizer)  # None unless a test sets it
         self.batch_sizes = Histogram(BATCH_SIZE_BUCKETS)  # sequences per step that ran; replaced, never mutated
+        self.num_step_failures = 0
+        self.last_step_end = time.monotonic()  # for /health: a loop with work that stops stepping is stuck
+        self._stats = self._snapshot()
 
     # ---- callers' side (any thread) ----
 
@@ -74,7 +91,8 @@ class LLMEngine:
                 self.registry.unpin(task_ref)
             raise
         handle = RequestHandle(request.request_id, task_ref, on_output)
-        live = LiveRequest(self._new_sequence(request, task_ref), handle)
+        prompt_load = self.loader.load(task_ref) if task_ref is not None else None
+        live = LiveRequest(self._new_sequence(request, task_ref), handle, prompt_load)
         with self._lock:
             if request.request_id in self._requests:
                 if task_ref is not None:
@@ -90,15 +108,21 @@ class LLMEngine:
         self._wakeup.set()
 
     def wait_for_work(self, timeout: float) -> None:
-        if not self.has_work():
+        if not self._has_step_work():
             self._wakeup.wait(timeout)
         self._wakeup.clear()
 
     def has_work(self) -> bool:
-        return bool(self._arrivals or self._aborts or self.scheduler.has_work)
+        """Any request not yet finished, prompt loads under way included."""
+        return self._has_step_work() or bool(self._loading)
+
+    def _has_step_work(self) -> bool:
+        """What a step can move now: a request still loading its prompt cannot."""
+        is_load_done = any(not live.is_loading for live in self._loading)
+        return bool(self._arrivals or self._aborts or self.scheduler.has_work or is_load_done)
 
     def num_waiting(self) -> int:
-        return len(self._arrivals) + len(self.scheduler.waiting)
+        return len(self._arrivals) + len(self._loading) + len(self.scheduler.waiting)
 
     def live_request_ids(self) -> list[str]:
         with self._lock:
@@ -110,26 +134,35 @@ class LLMEngine:
         return self.batch_sizes.count
 
     def stats(self) -> EngineStats:
-        """A snapshot; reading it changes nothing."""
+        """The snapshot the loop thread took after its last step; reading it changes nothing and races nothing."""
+        return self._stats
+
+    def _snapshot(self) -> EngineStats:
+        """On the loop thread only: the prompt cache's entries are iterated here."""
         return EngineStats(
             num_running=len(self.scheduler.running), num_waiting=self.num_waiting(),
             num_free_blocks=self.block_manager.num_free, num_total_blocks=self.block_manager.num_blocks,
             num_registry_blocks=self.prompt_cache.num_blocks, num_resident_tasks=self.prompt_cache.num_resident,
-            num_steps=self.num_steps, batch_sizes=self.batch_sizes)
+            num_steps=self.num_steps, batch_sizes=self.batch_sizes, num_step_failures=self.num_step_failures,
+            num_loading=len(self._loading))
 
     # ---- the loop thread ----
 
     def step(self) -> list[RequestOutput]:
         """One iteration of continuous batching; returns the outputs it delivered."""
         updated = self._take_arrivals_and_aborts()
+        updated += self._admit_loaded()
         batch = self.scheduler.schedule()
+        if self.faults is not None:
+            self.faults.check("loop", batch)
         if batch.chunks:
-            logits = self.runner.run(batch.chunks)
-            sampled_token_ids = self._sample(batch, logits)
-            updated += self.scheduler.postprocess(batch, sampled_token_ids)
+            updated += self._run(batch)
             self.batch_sizes = self.batch_sizes.observed(batch.num_seqs)
         self._unpin_finished(updated)
-        return self._deliver(updated)
+        outputs = self._deliver(updated)
+        self._stats = self._snapshot()
+        self.last_step_end = time.monotonic()
+        return outputs
 
     def _take_arrivals_and_aborts(self) -> list[Sequence]:
         """Hand arrivals to the scheduler; finish and remove aborted requests. Returns the aborted sequences.
@@ -138,8 +171,7 @@ class LLMEngine:
         """
         with self._lock:
             arrivals, self._arrivals = self._arrivals, deque()
-            for live in arrivals:
-                self.scheduler.add(live.seq)
+            self._loading += arrivals  # to the scheduler once their prompt is loaded: _admit_loaded
             aborted = []
             while self._aborts:
                 live = self._requests.get(self._aborts.popleft())
@@ -148,6 +180,53 @@ class LLMEngine:
                     self.scheduler.remove(live.seq)
                     aborted.append(live.seq)
         return aborted
+
+    def _admit_loaded(self) -> list[Sequence]:
+        """Requests whose prompt version is in the host tier go to the scheduler, in arrival order; those whose
+        load failed (a damaged file) fail, alone. Returns the failed ones."""
+        failed, still_loading = [], []
+        for live in self._loading:
+            seq, load = live.seq, live.prompt_load
+            if seq.is_finished:  # aborted while its prompt was loading
+                continue
+            if live.is_loading:
+                still_loading.append(live)
+            elif load is not None and load.exception() is not None:
+                seq.fail(f"task {seq.task_ref.task!r} version {seq.task_ref.version} could not be loaded from "
+                         f"the prompt store: {load.exception()}")
+                failed.append(seq)
+            else:
+                self.scheduler.add(seq)
+        self._loading = still_loading
+        return failed
+
+    def _run(self, batch: SchedulerOutput) -> list[Sequence]:
+        """Run, sample and postprocess; if run or sample raises, only the requests at fault fail."""
+        try:
+            sampled_token_ids = self._forward(batch)
+        except Exception:
+            log.exception("a step of %d chunks failed; running them one by one to find the cause", len(batch.chunks))
+            self.num_step_failures += 1
+            isolated = isolate(batch, self._forward)
+            failed = self._fail_chunks(isolated.failed_chunks)
+            return failed + self.scheduler.postprocess(isolated.batch, isolated.sampled_token_ids)
+        return self.scheduler.postprocess(batch, sampled_token_ids)
+
+    def _forward(self, batch: SchedulerOutput) -> list[int]:
+        if self.faults is not None:
+            self.faults.check("run", batch)
+        logits = self.runner.run(batch.chunks)
+        return self._sample(batch, logits)
+
+    def _fail_chunks(self, failed_chunks) -> list[Sequence]:
+        failed = []
+        for chunk, error in failed_chunks:
+            if isinstance(chunk, MaterializationChunk):
+                failed += self.scheduler.abandon(chunk, error)
+            else:
+                self.scheduler.fail(chunk.seq, error)
+                failed.append(chunk.seq)
+        return failed
 
     def _sample(self, batch: SchedulerOutput, logits: torch.Tensor) -> list[int]:
         seqs = batch.sampled_seqs
@@ -169,7 +248,10 @@ class LLMEngine:
                 if out.finished:
                     del self._requests[out.request_id]
         for handle, out in zip(handles, outputs, strict=True):
-            handle.deliver(out)
+            try:
+                handle.deliver(out)
+            except Exception:  # the caller's side is gone (its event loop closed at shutdown): nothing to tell
+                log.exception("could not deliver an output of request %s", out.request_id)
         return outputs
 
     # ---- admission helpers ----

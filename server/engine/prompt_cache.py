@@ -39,6 +39,10 @@ class PromptCacheEntry:
         return self.num_materialized == self.prefix_len
 
 
+def entry_key(ref: TaskVersionRef) -> EntryKey:
+    return (ref.task, ref.version, ref.subtask)
+
+
 class PromptCache:
     def __init__(self, registry: PromptRegistry, block_manager: BlockManager, kv_cache: KVCache,
                  prompt_table: PromptTable):
@@ -60,7 +64,7 @@ class PromptCache:
 
     def hold(self, ref: TaskVersionRef) -> PromptCacheEntry:
         """Hold `ref`'s device entry, loaded if absent, until `drop`. OutOfBlocksError/OutOfRowsError if no room."""
-        key = (ref.task, ref.version, ref.subtask)
+        key = entry_key(ref)
         entry = self._entries.get(key)
         if entry is None:
             entry = self._load(key, ref)
@@ -84,6 +88,8 @@ class PromptCache:
         return False
 
     def _load(self, key: EntryKey, ref: TaskVersionRef) -> PromptCacheEntry:
+        # A host-tier hit, never a disk read on the step thread: the engine's PromptLoader read the version in a
+        # worker before its request reached the scheduler, and the request's pin keeps it in the host tier.
         spec = self.registry.spec(ref)
         prefix_len = spec.num_virtual_tokens
         blocks = self._with_room(lambda: self.block_manager.allocate(self.block_manager.blocks_for(prefix_len)))

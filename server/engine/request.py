@@ -16,6 +16,7 @@ class FinishReason(str, enum.Enum):
     EOS = "eos_token"  # the model produced an end-of-sequence token
     STOP = "stop_sequence"  # a stop string appeared; the text ends before it
     ABORTED = "aborted"  # cancelled by the caller (client gone, deadline, shutdown)
+    ERROR = "error"  # the engine could not serve it (its step failed, its prompt file is damaged): see `error`
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class RequestOutput:
     task: str | None
     task_version: int | None
     timings: RequestTimings | None = None  # set on the last output
+    error: str | None = None  # with FinishReason.ERROR: what went wrong, safe to show the client
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,8 @@ class RequestTimings:
 
 @dataclass(frozen=True)
 class EngineStats:
-    """A snapshot for metrics and health; cheap to take from any thread."""
+    """A snapshot for metrics and health, taken by the engine thread at the end of each step: reading it from
+    another thread never touches state the engine is changing."""
 
     num_running: int
     num_waiting: int
@@ -99,6 +102,8 @@ class EngineStats:
     num_resident_tasks: int  # task versions with device-resident prompts
     num_steps: int  # steps that ran a batch
     batch_sizes: Histogram  # sequences per step, since start-up
+    num_step_failures: int = 0  # steps whose run or sample raised (only the requests at fault failed)
+    num_loading: int = 0  # requests waiting for a worker to load their prompt version from the store
 
     @property
     def kv_cache_usage(self) -> float:

@@ -18,7 +18,7 @@ from collections import deque
 from server.config import EngineConfig
 from server.engine.batch import MaterializationChunk, SchedulerOutput, SequenceChunk
 from server.engine.block_manager import BlockManager, OutOfBlocksError
-from server.engine.prompt_cache import PromptCache
+from server.engine.prompt_cache import PromptCache, entry_key
 from server.engine.prompt_table import OutOfRowsError
 from server.engine.sequence import Sequence, SequenceStatus
 
@@ -181,7 +181,29 @@ class Scheduler:
         now = time.monotonic()
         sampled = batch.sampled_seqs
         for seq, token_id in zip(sampled, sampled_token_ids, strict=True):
-            seq.append_token(token_id, now)
+            try:
+                seq.append_token(token_id, now)
+            except Exception as exc:  # its detokenizer or stop matcher: that request's fault alone
+                seq.fail(f"the engine failed on this request's output ({type(exc).__name__})")
             if seq.is_finished:
                 self.remove(seq)
         return sampled
+
+    # ---- a step that failed (step_isolation.py finds whose fault it was) ----
+
+    def fail(self, seq: Sequence, error: str) -> None:
+        """The request cannot be served: it finishes with `error` and frees what it holds."""
+        if not seq.is_finished:
+            seq.fail(error)
+            self.remove(seq)
+
+    def abandon(self, mat: MaterializationChunk, error: str) -> list[Sequence]:
+        """A prompt's K/V computation failed: every request of that prompt fails (the one waiting for it would
+        schedule it again each step). `num_materialized` did not advance, so a later request recomputes the
+        part this chunk may have half written. Returns the failed sequences."""
+        self.prompt_cache.drop(mat.entry)
+        failed = [seq for seq in [*self.running, *self.waiting]
+                  if seq.task_ref is not None and entry_key(seq.task_ref) == mat.entry.key]
+        for seq in failed:
+            self.fail(seq, error)
+        return failed

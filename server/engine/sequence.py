@@ -49,6 +49,7 @@ class Sequence:
     arrival_time: float = field(default_factory=time.monotonic)
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
+    error: str | None = None  # why it failed, with FinishReason.ERROR
 
     @property
     def request_id(self) -> str:
@@ -100,6 +101,11 @@ class Sequence:
         self.status = SequenceStatus.FINISHED
         self.finish_reason = reason
 
+    def fail(self, error: str) -> None:
+        """The engine cannot serve it; `error` reaches the client."""
+        self.finish(FinishReason.ERROR)
+        self.error = error
+
     def take_output(self, now: float) -> RequestOutput:
         """Everything new since the last output; on the last one, the held-back text too."""
         finished = self.is_finished
@@ -116,4 +122,5 @@ class Sequence:
             finished=finished, finish_reason=self.finish_reason, num_prompt_tokens=self.num_prompt_tokens,
             num_generated_tokens=self.num_generated,
             task=self.task_ref.task if self.task_ref else None,
-            task_version=self.task_ref.version if self.task_ref else None, timings=timings)
+            task_version=self.task_ref.version if self.task_ref else None, timings=timings,
+            error=self.error if finished else None)

@@ -22,7 +22,7 @@ from prompt_store.errors import (
     StorageError,
     UnknownTaskError,
 )
-from server.engine.errors import EngineNotReadyError, QueueFullError, RequestValidationError
+from server.engine.errors import EngineNotReadyError, QueueFullError, RequestFailedError, RequestValidationError
 
 OPENAI_PATH_PREFIXES = ("/v1/completions", "/v1/chat/", "/v1/models")
 
@@ -63,6 +63,8 @@ UNAUTHORIZED = ErrorKind(401, 401, "unauthorized", "authentication_error")
 FORBIDDEN = ErrorKind(403, 403, "forbidden", "permission_error")
 CLIENT_CLOSED = ErrorKind(499, 499, "unavailable", "client_closed_request")  # nginx's code; nobody reads the body
 STORAGE = ErrorKind(500, 500, "internal", "server_error")  # the store could not be written; the message says why
+# TGI's type for a request that failed while generating; only that request failed, and the message says why
+GENERATION = ErrorKind(500, 500, "generation", "server_error")
 INTERNAL = ErrorKind(500, 500, "internal", "internal_server_error")  # a bug: the message stays in the server log
 
 # Looked up along the exception's MRO, so a subclass listed here wins over its base (PromptTooLargeError).
@@ -75,6 +77,7 @@ _KINDS: dict[type[BaseException], ErrorKind] = {
     UnknownTaskError: NOT_FOUND,
     QueueFullError: OVERLOADED,
     StorageError: STORAGE,
+    RequestFailedError: GENERATION,
     EngineNotReadyError: UNAVAILABLE,
     ServiceUnavailableError: UNAVAILABLE,
     UnauthorizedError: UNAUTHORIZED,

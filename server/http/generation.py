@@ -13,6 +13,7 @@ from starlette.requests import ClientDisconnect
 from server.engine.client import RequestStream, SubmitRequest
 from server.engine.request import FinishReason, RequestOutput
 from server.http.context import AppContext
+from server.engine.errors import RequestFailedError
 from server.http.errors import ServiceUnavailableError
 
 
@@ -94,6 +95,8 @@ class Generation:
             self._ctx.metrics.observe_finished(output, self._started_at, self._first_token_at)
             if output.finish_reason is FinishReason.ABORTED:
                 raise self._aborted()
+            if output.finish_reason is FinishReason.ERROR:
+                raise RequestFailedError(output.error or "the engine could not serve this request")
         return output
 
     def _aborted(self) -> Exception:

@@ -138,7 +138,7 @@ class _EngineStateCollector(Collector):
         )
         yield _gauge(
             "registry_damaged_entries",
-            "Prompt store entries skipped at start-up as damaged or unfit (each one is in the log)",
+            "Prompt store entries found damaged or unfit, at start-up or when loaded (each one is in the log)",
             registry.num_damaged_entries if registry else 0,
         )
         loads = CounterMetricFamily("promptswap_registry_loads", "Prompt loads by source tier", labels=["tier"])
@@ -149,6 +149,11 @@ class _EngineStateCollector(Collector):
             "promptswap_registry_evictions",
             "Prompts evicted from a cache tier",
             value=registry.evictions if registry else 0,
+        )
+        yield CounterMetricFamily(
+            "promptswap_engine_step_failures",
+            "Engine steps whose run or sample raised; only the requests at fault failed",
+            value=engine.num_step_failures if engine else 0,
         )
 
 

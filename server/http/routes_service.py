@@ -14,8 +14,13 @@ router = APIRouter()
 
 @router.get("/health")
 async def health(ctx: AppContext = Depends(get_context)) -> JSONResponse:
-    is_alive = ctx.engine.is_alive()
-    return JSONResponse({"status": "ok" if is_alive else "dead"}, status_code=200 if is_alive else 503)
+    """200 while the engine loop is alive and stepping; 503 "dead" once it stopped, "stalled" while it has work
+    and no step has ended for `health_stall_timeout_s`."""
+    if not ctx.engine.is_alive():
+        return JSONResponse({"status": "dead"}, status_code=503)
+    if ctx.engine.is_stalled():
+        return JSONResponse({"status": "stalled"}, status_code=503)
+    return JSONResponse({"status": "ok"})
 
 
 @router.get("/ready")

@@ -36,6 +36,7 @@ class DrainingServer(uvicorn.Server):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_task: asyncio.Task | None = None
         self._is_drain_requested = False
+        self.exit_code = 0
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -55,11 +56,20 @@ class DrainingServer(uvicorn.Server):
         await self._service.drain(self._drain_timeout_s)
         self.should_exit = True
 
+    def exit_on_fatal(self) -> None:
+        """From the engine thread, once it cannot continue: shut down now (nothing in flight can finish without
+        it) and exit 1, so that a supervisor restarts the process."""
+        self.exit_code = 1
+        self.should_exit = True
 
-def run_server(config: ServerConfig, engine: EngineClient) -> None:
-    """Serve until a signal; returns once drained and shut down."""
+
+def run_server(config: ServerConfig, engine: EngineClient) -> int:
+    """Serve until a signal (exit status 0 once drained) or until the engine cannot continue (1)."""
     app = create_app(config, engine)
     uvicorn_config = uvicorn.Config(
         app, host=config.host, port=config.port, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, log_level="info"
     )
-    DrainingServer(uvicorn_config, app.state.context.service, config.drain_timeout_s).run()
+    server = DrainingServer(uvicorn_config, app.state.context.service, config.drain_timeout_s)
+    engine.on_fatal = server.exit_on_fatal
+    server.run()
+    return server.exit_code

@@ -159,6 +159,7 @@ class FakeEngine(EngineClient):
         self.streams: list[FakeStream] = []
         self.batch_sizes: list[int] = []
         self.num_starts = self.num_shutdowns = 0
+        self.is_stuck = False  # a step that never ends: /health must say so
 
     def start(self) -> None:
         self.num_starts += 1
@@ -168,6 +169,9 @@ class FakeEngine(EngineClient):
 
     def is_alive(self) -> bool:
         return self.is_running
+
+    def is_stalled(self) -> bool:
+        return self.is_stuck
 
     def stats(self) -> EngineStats:
         running = sum(1 for stream in self.streams if not stream._producer.done())
@@ -244,6 +248,7 @@ def test_fake_engine_offers_every_engine_client_method_with_the_same_parameters(
         "start",
         "is_ready",
         "is_alive",
+        "is_stalled",
         "stats",
         "max_model_len",
         "tokenize",

@@ -30,6 +30,7 @@ CONTRACT_METRICS = [
     "registry_loads_total",
     "registry_evictions_total",
     "prompt_uploads_total",
+    "engine_step_failures_total",
     "prompt_upload_seconds",
 ]
 HISTOGRAMS = {
@@ -61,6 +62,11 @@ def test_health_and_ready_follow_the_engine():
         engine.is_loaded = False
         ready = await client.get("/ready")
         assert (ready.status_code, ready.json()) == (503, {"status": "loading"})
+        assert (await client.get("/health")).status_code == 200
+        engine.is_stuck = True
+        stalled = await client.get("/health")
+        assert (stalled.status_code, stalled.json()) == (503, {"status": "stalled"})
+        engine.is_stuck = False
         assert (await client.get("/health")).status_code == 200
         engine.is_running = False
         assert (await client.get("/ready")).json() == {"status": "failed"}

@@ -13,9 +13,11 @@ from server.engine.request import GenerationRequest, SamplingParams
 from server.model import load_model
 
 
-def make_engine(model_dir: Path, **engine_options) -> LLMEngine:
+def make_engine(model_dir: Path, store_config: StoreConfig | None = None, storage=None,
+                **engine_options) -> LLMEngine:
+    """`storage`: a PromptStorage on disk (with `store_config`'s limits), else the registry keeps files in memory."""
     loaded = load_model(str(model_dir), Path("/nonexistent-cache"), torch.device("cpu"), torch.float32)
-    registry = PromptRegistry(loaded.shape, StoreConfig(), "base", None)
+    registry = PromptRegistry(loaded.shape, store_config or StoreConfig(), "base", storage)
     return LLMEngine(EngineConfig(**engine_options), loaded.model, loaded.tokenizer, registry)
 
 
