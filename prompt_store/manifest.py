@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, replace
 
-from common.model_shape import ModelShape
+from prompt_store.model_shape import ModelShape
 from prompt_store.spec import PromptKind, PromptSpec
 
 MANIFEST_FORMAT = 1

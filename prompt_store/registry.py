@@ -18,7 +18,7 @@ import zlib
 from collections import Counter
 from dataclasses import replace
 
-from common.model_shape import ModelShape
+from prompt_store.model_shape import ModelShape
 from prompt_store.errors import (
     InvalidPromptError,
     InvalidSubtaskError,

@@ -21,7 +21,7 @@ def _modules_after_import(*modules: str) -> set[str]:
     return set(json.loads(out.stdout))
 
 
-@pytest.mark.parametrize("package", ["prompt_store", "kernels", "common"])
+@pytest.mark.parametrize("package", ["prompt_store", "kernels"])
 def test_lower_packages_never_import_the_server(package):
     modules = [f"{package}.{p.stem}" for p in sorted((ROOT / package).glob("*.py")) if p.stem != "__init__"]
     loaded = _modules_after_import(package, *modules)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from common.model_shape import ModelShape
+from prompt_store.model_shape import ModelShape
 
 
 class KVCache:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from common.model_shape import ModelShape
+from prompt_store.model_shape import ModelShape
 from server.config import DEFAULT_MODEL
 from server.model.default_model import ensure_default_model
 from server.model.errors import ModelLoadError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig, PreTrainedModel
 
-from common.model_shape import ModelShape
+from prompt_store.model_shape import ModelShape
 
 
 def model_shape(model: PreTrainedModel) -> ModelShape:

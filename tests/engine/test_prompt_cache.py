@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.model_shape import ModelShape
+from prompt_store.model_shape import ModelShape
 from kernels.paged_attention_reference import context_slots
 from prompt_store.registry import PromptRegistry
 from prompt_store.spec import PromptKind

@@ -14,7 +14,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.model_shape import ModelShape
+from prompt_store.model_shape import ModelShape
 from prompt_store.registry import PromptRegistry
 from prompt_store.spec import PromptKind
 from server.config import EngineConfig, StoreConfig

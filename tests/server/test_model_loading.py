@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from common.model_shape import ModelShape
+from prompt_store.model_shape import ModelShape
 from server.config import DEFAULT_MODEL
 from server.model import LoadedModel, ModelLoadError, load_model, resolve_dtype
 from server.model import default_model, gguf_conversion

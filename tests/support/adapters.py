@@ -30,7 +30,7 @@ from peft import (
 )
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from common.model_shape import ModelShape
+from prompt_store.model_shape import ModelShape
 from tests.support.tiny_models import TINY_MODELS, TINY_SHAPES, TINY_VOCAB_SIZE, random_llama
 
 PEFT_CONFIGS = {

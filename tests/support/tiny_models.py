@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, GenerationConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from common.model_shape import ModelShape
+from prompt_store.model_shape import ModelShape
 
 INITIALIZER_RANGE = 0.2  # 10x the usual 0.02: logits spread out, greedy choices are clear
 MAX_POSITIONS = 512

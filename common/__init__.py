@@ -1,1 +1,0 @@
-"""Plain types that every layer shares (`prompt_store`, `kernels`, `server`); this package imports none of them."""
