@@ -32,6 +32,7 @@ SLOW_PATHS = (
     "loadtest/test_comparison_run.py",
     "loadtest/test_loadgen_server.py",
     "loadtest/test_store_bench_run.py",
+    "loadtest/test_cold_load_bench_run.py",
 )
 SLOW_FIXTURES = {"smollm2"}  # tests/server/test_model_loading.py: SmolLM2 loaded as served
 
