@@ -55,8 +55,11 @@ def use_triton(tensor: torch.Tensor, use_reference: bool) -> bool:
     if use_reference or not tensor.is_cuda:
         return False
     if triton is None:
-        warnings.warn("triton is not installed: promptswap kernels fall back to their torch references on CUDA",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            "triton is not installed: promptswap kernels fall back to their torch references on CUDA",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return False
     return True
 

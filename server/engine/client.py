@@ -92,6 +92,7 @@ class EngineClient:
 
     def _load(self) -> None:
         from server.engine.bootstrap import build_engine
+
         self.engine, self.registry, self.tokenizer = build_engine(self.config)
 
     def _loop(self) -> None:
@@ -169,8 +170,13 @@ class EngineClient:
         task = None if request.task in (None, "", self.base_model_id) else request.task
         request_id = request.request_id or uuid.uuid4().hex
         stream = RequestStream(request_id, len(token_ids), self)
-        generation = GenerationRequest(request_id=request_id, prompt_token_ids=tuple(token_ids),
-                                       sampling=request.sampling, task=task, subtask=request.subtask)
+        generation = GenerationRequest(
+            request_id=request_id,
+            prompt_token_ids=tuple(token_ids),
+            sampling=request.sampling,
+            task=task,
+            subtask=request.subtask,
+        )
 
         def deliver(out: RequestOutput) -> None:
             loop.call_soon_threadsafe(stream._queue.put_nowait, out)

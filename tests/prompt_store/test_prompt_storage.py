@@ -37,7 +37,13 @@ def _served_tensor(registry, task):
 
 
 def _assert_no_leftovers(directory):
-    assert {p.name for p in directory.iterdir()} <= {"tasks", "staging", "trash", "promptswap.lock", "version_marks.json"}
+    assert {p.name for p in directory.iterdir()} <= {
+        "tasks",
+        "staging",
+        "trash",
+        "promptswap.lock",
+        "version_marks.json",
+    }
     assert list((directory / "staging").iterdir()) == []
     assert list((directory / "trash").iterdir()) == []
     for task_dir in (directory / "tasks").iterdir():
