@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -41,7 +42,7 @@ class LazyKernel:
 
     def __init__(self, fn: Callable):
         self.fn = fn
-        self._jitted: dict[bool, Callable] = {}
+        self._jitted: dict[bool, Any] = {}  # triton.JITFunction (triton ships no types)
 
     def __getitem__(self, grid):
         interpreting = is_interpreting()

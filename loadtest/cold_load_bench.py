@@ -9,9 +9,10 @@ of them are decoding, `--cold-tasks` requests for tasks never used since the ser
 parsed and validated, then its K/V copied onto the device. The same streams run again without the cold requests
 (nothing else sent), alternating over `--rounds`. Reported: the streams' inter-token latency, p50/p99, over the
 window in which every stream decodes (from the last one's first token to the first one's last), and the ratio;
-choose `--new-tokens` so the cold requests (`--cold-tasks` x `--interval-s`) fall well inside it. Every cold task is a distinct random PEFT file (`loadtest.adapters`), uploaded before the server that
-is measured starts, so it starts with all of them on disk and none in memory (the files may still sit in the OS
-page cache: what is measured is the server's own work, not the disk's).
+choose `--new-tokens` so the cold requests (`--cold-tasks` x `--interval-s`) fall well inside it. Every cold task
+is a distinct random PEFT file (`loadtest.adapters`), uploaded before the server that is measured starts, so it
+starts with all of them on disk and none in memory (the files may still sit in the OS page cache: what is measured
+is the server's own work, not the disk's).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Arms (d), (e) and (f): promptswap's engine in-process (as `tests/support/engine.py` runs it), with no prompts,
-with the task mix, and with no prompts but longer prompts. At most `concurrency` requests are admitted at once; a finished one is replaced at once."""
+with the task mix, and with no prompts but longer prompts. At most `concurrency` requests are admitted at once; a
+finished one is replaced at once."""
 
 from __future__ import annotations
 

@@ -62,7 +62,7 @@ examples:
 
   # another OpenAI-compatible server, base model only
   python -m loadtest.loadgen --url http://127.0.0.1:8001 --model my-model --tasks none --rate 1
-"""
+"""  # noqa: E501 - the help text's examples are copy-pastable one-line commands
 
 
 def build_parser() -> argparse.ArgumentParser:

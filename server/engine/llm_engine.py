@@ -199,6 +199,7 @@ class LLMEngine:
             if live.is_loading:
                 still_loading.append(live)
             elif load is not None and load.exception() is not None:
+                assert seq.task_ref is not None  # only task requests load a prompt
                 seq.fail(
                     f"task {seq.task_ref.task!r} version {seq.task_ref.version} could not be loaded from "
                     f"the prompt store: {load.exception()}"

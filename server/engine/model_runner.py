@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence as Seq
+
 import torch
 
 from kernels.embedding_gather import embedding_gather
@@ -22,7 +24,7 @@ class ModelRunner:
         self.use_reference = use_reference_kernels or self.device.type != "cuda"
 
     @torch.inference_mode()
-    def run(self, chunks: list[Chunk]) -> torch.Tensor:
+    def run(self, chunks: Seq[Chunk]) -> torch.Tensor:
         """Forward every chunk; returns the last-token logits of chunks with `needs_logits`. # [n, vocab]"""
         inputs = build_step_inputs(chunks, self.kv_cache.block_size, self.device, with_plan=self.use_reference)
         embeds = embedding_gather(

@@ -122,6 +122,7 @@ class Scheduler:
             return 0, scheduled.own_len == entry.prefix_len
         start = entry.num_materialized
         num_tokens = min(entry.prefix_len - start, budget)
+        assert seq.task_ref is not None  # a sequence with a prompt entry has a task
         self.prompt_cache.hold(seq.task_ref)  # the chunk's own hold: the sequence may drop the entry this step
         out.chunks.append(
             MaterializationChunk(

@@ -3,6 +3,7 @@ to the device in one transfer (pinned and non-blocking on CUDA; on CPU the host 
 
 from __future__ import annotations
 
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +23,7 @@ class StepInputs:
     num_logits: int  # chunks that need logits
 
 
-def build_step_inputs(chunks: list[Chunk], block_size: int, device: torch.device, with_plan: bool) -> StepInputs:
+def build_step_inputs(chunks: Seq[Chunk], block_size: int, device: torch.device, with_plan: bool) -> StepInputs:
     """`with_plan`: also build the reference path's index tensors (it runs on CPU, or when forced)."""
     token_ids = [t for c in chunks for t in c.token_ids]
     positions = [p for c in chunks for p in range(c.start_position, c.start_position + c.num_tokens)]

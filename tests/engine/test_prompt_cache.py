@@ -32,7 +32,8 @@ def peft_files(tmp_path, peft_type: str, num_virtual_tokens: int, seed: int = 0,
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
-    """Tasks: pt5/pt6/pt7 (prompt tuning, 5/6/7 virtual tokens), prefix7/prefix9 (prefix tuning), multi (3 sub-tasks)."""
+    """Tasks: pt5/pt6/pt7 (prompt tuning, 5/6/7 virtual tokens), prefix7/prefix9 (prefix tuning),
+    multi (3 sub-tasks)."""
     tmp = tmp_path_factory.mktemp("peft")
     reg = PromptRegistry(SHAPE, StoreConfig(), "tiny-base", None)
     for seed, (task, peft_type, p, options) in enumerate(
