@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -41,7 +42,7 @@ class LazyKernel:
 
     def __init__(self, fn: Callable):
         self.fn = fn
-        self._jitted: dict[bool, Callable] = {}
+        self._jitted: dict[bool, Any] = {}  # triton.JITFunction (triton ships no types)
 
     def __getitem__(self, grid):
         interpreting = is_interpreting()
@@ -55,8 +56,11 @@ def use_triton(tensor: torch.Tensor, use_reference: bool) -> bool:
     if use_reference or not tensor.is_cuda:
         return False
     if triton is None:
-        warnings.warn("triton is not installed: promptswap kernels fall back to their torch references on CUDA",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            "triton is not installed: promptswap kernels fall back to their torch references on CUDA",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return False
     return True
 

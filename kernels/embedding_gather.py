@@ -31,9 +31,12 @@ def _embedding_gather_kernel(
     vocab_size,
     num_prompt_rows,
     hidden,
-    stride_embedding_row, stride_embedding_col,
-    stride_prompt_row, stride_prompt_col,
-    stride_out_row, stride_out_col,
+    stride_embedding_row,
+    stride_embedding_col,
+    stride_prompt_row,
+    stride_prompt_col,
+    stride_out_row,
+    stride_out_col,
     BLOCK_HIDDEN: tl.constexpr,
 ):
     # One program copies one token's row, or a BLOCK_HIDDEN-wide slice of it.
@@ -77,19 +80,28 @@ def embedding_gather_triton(
     if out is None:
         out = torch.empty(num_tokens, hidden, dtype=embedding.dtype, device=embedding.device)
     elif out.shape != (num_tokens, hidden) or out.dtype != embedding.dtype:
-        raise ValueError(f"{name}: out must be {(num_tokens, hidden)} {embedding.dtype}, "
-                         f"got {tuple(out.shape)} {out.dtype}")
+        raise ValueError(
+            f"{name}: out must be {(num_tokens, hidden)} {embedding.dtype}, got {tuple(out.shape)} {out.dtype}"
+        )
     check_launchable(name, token_ids=token_ids, embedding=embedding, prompt_rows=prompt_rows, out=out)
     if num_tokens == 0 or hidden == 0:
         return out
     block_hidden = min(next_power_of_2(hidden), _MAX_BLOCK_HIDDEN)
     grid = (num_tokens, -(-hidden // block_hidden))
     _embedding_gather[grid](
-        token_ids, embedding, prompt_rows, out,
-        vocab_size, prompt_rows.shape[0], hidden,
-        embedding.stride(0), embedding.stride(1),
-        prompt_rows.stride(0), prompt_rows.stride(1),
-        out.stride(0), out.stride(1),
+        token_ids,
+        embedding,
+        prompt_rows,
+        out,
+        vocab_size,
+        prompt_rows.shape[0],
+        hidden,
+        embedding.stride(0),
+        embedding.stride(1),
+        prompt_rows.stride(0),
+        prompt_rows.stride(1),
+        out.stride(0),
+        out.stride(1),
         BLOCK_HIDDEN=block_hidden,
     )
     return out
@@ -108,8 +120,9 @@ def embedding_gather_reference(
     return out
 
 
-def embedding_gather(token_ids: torch.Tensor, embedding: torch.Tensor, prompt_rows: torch.Tensor,
-                     use_reference: bool = False) -> torch.Tensor:
+def embedding_gather(
+    token_ids: torch.Tensor, embedding: torch.Tensor, prompt_rows: torch.Tensor, use_reference: bool = False
+) -> torch.Tensor:
     """`inputs_embeds` for `token_ids`: the Triton kernel on CUDA, the torch reference on CPU or when asked."""
     if use_triton(token_ids, use_reference):
         return embedding_gather_triton(token_ids, embedding, prompt_rows)

@@ -19,16 +19,28 @@ _MAX_BLOCK_ELEMENTS = 1024
 
 
 def _kv_write_kernel(
-    key_ptr, value_ptr,  # [num_tokens, num_kv_heads, head_dim]
-    k_cache_ptr, v_cache_ptr,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    key_ptr,
+    value_ptr,  # [num_tokens, num_kv_heads, head_dim]
+    k_cache_ptr,
+    v_cache_ptr,  # [num_blocks, block_size, num_kv_heads, head_dim]
     slot_mapping_ptr,  # [num_tokens]
     block_size,
     num_kv_heads,
     head_dim,
-    stride_key_token, stride_key_head, stride_key_dim,
-    stride_value_token, stride_value_head, stride_value_dim,
-    stride_kc_block, stride_kc_slot, stride_kc_head, stride_kc_dim,
-    stride_vc_block, stride_vc_slot, stride_vc_head, stride_vc_dim,
+    stride_key_token,
+    stride_key_head,
+    stride_key_dim,
+    stride_value_token,
+    stride_value_head,
+    stride_value_dim,
+    stride_kc_block,
+    stride_kc_slot,
+    stride_kc_head,
+    stride_kc_dim,
+    stride_vc_block,
+    stride_vc_slot,
+    stride_vc_head,
+    stride_vc_dim,
     BLOCK_ELEMENTS: tl.constexpr,
 ):
     # One program copies one token's keys and values, or a BLOCK_ELEMENTS-wide slice of its heads x head_dim.
@@ -46,8 +58,9 @@ def _kv_write_kernel(
     k_dst = k_cache_ptr + block * stride_kc_block + offset * stride_kc_slot + head * stride_kc_head
     tl.store(k_dst + dim * stride_kc_dim, key.to(k_cache_ptr.dtype.element_ty), mask=writable)
 
-    value = tl.load(value_ptr + token * stride_value_token + head * stride_value_head + dim * stride_value_dim,
-                    mask=writable)
+    value = tl.load(
+        value_ptr + token * stride_value_token + head * stride_value_head + dim * stride_value_dim, mask=writable
+    )
     v_dst = v_cache_ptr + block * stride_vc_block + offset * stride_vc_slot + head * stride_vc_head
     tl.store(v_dst + dim * stride_vc_dim, value.to(v_cache_ptr.dtype.element_ty), mask=writable)
 
@@ -63,8 +76,9 @@ def _check_kv_write_args(key, value, k_cache, v_cache, slot_mapping) -> None:
     if value.shape != key.shape:
         raise ValueError(f"{name}: value shape {tuple(value.shape)} != key shape {tuple(key.shape)}")
     if v_cache.shape != k_cache.shape or v_cache.dtype != k_cache.dtype:
-        raise ValueError(f"{name}: v_cache {tuple(v_cache.shape)} {v_cache.dtype} != "
-                         f"k_cache {tuple(k_cache.shape)} {k_cache.dtype}")
+        raise ValueError(
+            f"{name}: v_cache {tuple(v_cache.shape)} {v_cache.dtype} != k_cache {tuple(k_cache.shape)} {k_cache.dtype}"
+        )
     if key.shape[1:] != k_cache.shape[2:]:
         raise ValueError(f"{name}: key heads x head_dim {tuple(key.shape[1:])} != cache's {tuple(k_cache.shape[2:])}")
     if slot_mapping.shape[0] != key.shape[0]:
@@ -96,9 +110,18 @@ def launch_kv_write(key, value, k_cache, v_cache, slot_mapping) -> None:
     block_elements = min(next_power_of_2(row_elements), _MAX_BLOCK_ELEMENTS)
     grid = (num_tokens, -(-row_elements // block_elements))
     _kv_write[grid](
-        key, value, k_cache, v_cache, slot_mapping,
-        k_cache.shape[1], num_kv_heads, head_dim,
-        *key.stride(), *value.stride(), *k_cache.stride(), *v_cache.stride(),
+        key,
+        value,
+        k_cache,
+        v_cache,
+        slot_mapping,
+        k_cache.shape[1],
+        num_kv_heads,
+        head_dim,
+        *key.stride(),
+        *value.stride(),
+        *k_cache.stride(),
+        *v_cache.stride(),
         BLOCK_ELEMENTS=block_elements,
     )
 

@@ -17,25 +17,46 @@ from kernels.paged_attention_metadata import PagedAttentionMetadata
 from kernels.paged_attention_reference import build_plan, paged_attention_planned
 
 
-def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                    metadata: PagedAttentionMetadata, scale: float, use_reference: bool = False) -> torch.Tensor:
+def paged_attention(
+    query: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    metadata: PagedAttentionMetadata,
+    scale: float,
+    use_reference: bool = False,
+) -> torch.Tensor:
     """query [num_tokens, num_heads, head_dim], caches [num_blocks, block_size, num_kv_heads, head_dim] -> like query"""
     if use_triton(query, use_reference):
         return paged_attention_triton(query, k_cache, v_cache, metadata, scale)
     plan = metadata.plan
     if plan is None:
-        plan = build_plan(metadata.block_tables, metadata.prefix_lens.cpu(), metadata.own_lens.cpu(),
-                          metadata.query_start_loc.cpu(), k_cache.shape[1])
+        plan = build_plan(
+            metadata.block_tables,
+            metadata.prefix_lens.cpu(),
+            metadata.own_lens.cpu(),
+            metadata.query_start_loc.cpu(),
+            k_cache.shape[1],
+        )
     return paged_attention_planned(query, k_cache, v_cache, plan, scale)
 
 
-def paged_attention_triton(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                           metadata: PagedAttentionMetadata, scale: float) -> torch.Tensor:
+def paged_attention_triton(
+    query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, metadata: PagedAttentionMetadata, scale: float
+) -> torch.Tensor:
     """The decode kernel serves one-query sequences, the prefill kernel the others; a kernel with none of its
     sequences in the step is not launched, so a decode-only step launches the decode kernel alone."""
     out = torch.empty_like(query)  # [num_tokens, num_heads, head_dim]
-    args = (query, k_cache, v_cache, metadata.block_tables, metadata.prefix_lens, metadata.own_lens,
-            metadata.query_start_loc, scale, out)
+    args = (
+        query,
+        k_cache,
+        v_cache,
+        metadata.block_tables,
+        metadata.prefix_lens,
+        metadata.own_lens,
+        metadata.query_start_loc,
+        scale,
+        out,
+    )
     if metadata.num_decodes:
         decode.launch_paged_decode_attention(*args)
     if metadata.max_query_len > 1:

@@ -31,12 +31,20 @@ class PagedAttentionMetadata:
             raise ValueError("paged_attention: the metadata tensors must share one device")
 
     @classmethod
-    def from_tensors(cls, block_tables, prefix_lens, own_lens, query_start_loc,
-                     plan: AttentionPlan | None = None) -> PagedAttentionMetadata:
+    def from_tensors(
+        cls, block_tables, prefix_lens, own_lens, query_start_loc, plan: AttentionPlan | None = None
+    ) -> PagedAttentionMetadata:
         """The counts read back from `query_start_loc` (a device sync on CUDA): for tests and benchmarks, not steps."""
         num_queries = query_start_loc.diff().tolist()
-        return cls(block_tables, prefix_lens, own_lens, query_start_loc, max(num_queries, default=0),
-                   num_queries.count(1), plan)
+        return cls(
+            block_tables,
+            prefix_lens,
+            own_lens,
+            query_start_loc,
+            max(num_queries, default=0),
+            num_queries.count(1),
+            plan,
+        )
 
 
 def check_metadata(name: str, block_tables, prefix_lens, own_lens, query_start_loc) -> None:
@@ -44,17 +52,22 @@ def check_metadata(name: str, block_tables, prefix_lens, own_lens, query_start_l
     block ids) are not checked: that would sync the device."""
     check_ndim(name, "block_tables", block_tables, 2, "[num_seqs, max_blocks]")
     num_seqs = block_tables.shape[0]
-    for arg, tensor, length in (("prefix_lens", prefix_lens, num_seqs), ("own_lens", own_lens, num_seqs),
-                                ("query_start_loc", query_start_loc, num_seqs + 1)):
+    for arg, tensor, length in (
+        ("prefix_lens", prefix_lens, num_seqs),
+        ("own_lens", own_lens, num_seqs),
+        ("query_start_loc", query_start_loc, num_seqs + 1),
+    ):
         if tensor.dim() != 1 or tensor.shape[0] != length:
-            raise ValueError(f"{name}: {arg} must have shape ({length},) for {num_seqs} sequences, "
-                             f"got {tuple(tensor.shape)}")
+            raise ValueError(
+                f"{name}: {arg} must have shape ({length},) for {num_seqs} sequences, got {tuple(tensor.shape)}"
+            )
         check_dtype(name, arg, tensor, INDEX_DTYPES)
     check_dtype(name, "block_tables", block_tables, INDEX_DTYPES)
 
 
-def check_attention_args(name: str, query, k_cache, v_cache, block_tables, prefix_lens, own_lens, query_start_loc,
-                         out: torch.Tensor | None) -> torch.Tensor:
+def check_attention_args(
+    name: str, query, k_cache, v_cache, block_tables, prefix_lens, own_lens, query_start_loc, out: torch.Tensor | None
+) -> torch.Tensor:
     """Raise ValueError unless the arguments have the shapes and dtypes of the contract; return `out`, allocated
     (uninitialised) when None."""
     check_ndim(name, "query", query, 3, "[num_tokens, num_heads, head_dim]")
@@ -62,8 +75,9 @@ def check_attention_args(name: str, query, k_cache, v_cache, block_tables, prefi
     check_ndim(name, "block_tables", block_tables, 2, "[num_seqs, max_blocks]")
     check_dtype(name, "query", query, FLOAT_DTYPES)
     if v_cache.shape != k_cache.shape or v_cache.dtype != k_cache.dtype:
-        raise ValueError(f"{name}: v_cache {tuple(v_cache.shape)} {v_cache.dtype} != "
-                         f"k_cache {tuple(k_cache.shape)} {k_cache.dtype}")
+        raise ValueError(
+            f"{name}: v_cache {tuple(v_cache.shape)} {v_cache.dtype} != k_cache {tuple(k_cache.shape)} {k_cache.dtype}"
+        )
     if k_cache.dtype != query.dtype:
         raise ValueError(f"{name}: cache dtype {k_cache.dtype} != query dtype {query.dtype}")
     num_heads, head_dim = query.shape[1:]

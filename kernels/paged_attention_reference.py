@@ -76,8 +76,9 @@ def build_plan(block_tables, prefix_lens, own_lens, query_start_loc, block_size:
         decode_rows=torch.tensor(decode_rows, dtype=torch.int64, device=device),
         decode_slots=padded.to(device),
         decode_mask=mask.to(device),
-        prefills=tuple(PrefillPart(p.query_start, p.query_end, p.slots.to(device), p.mask.to(device))
-                       for p in prefills),
+        prefills=tuple(
+            PrefillPart(p.query_start, p.query_end, p.slots.to(device), p.mask.to(device)) for p in prefills
+        ),
     )
 
 
@@ -90,8 +91,9 @@ def _gather_slots(cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
 
 def _attend(query, keys, values, mask, scale):
     # query [B, H, n, D]; keys/values [B, Hkv, L, D]; mask [B or 1, 1, n, L] bool
-    return F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale,
-                                          enable_gqa=query.shape[1] != keys.shape[1])
+    return F.scaled_dot_product_attention(
+        query, keys, values, attn_mask=mask, scale=scale, enable_gqa=query.shape[1] != keys.shape[1]
+    )
 
 
 def paged_attention_planned(query, k_cache, v_cache, plan: AttentionPlan, scale: float) -> torch.Tensor:
@@ -103,11 +105,11 @@ def paged_attention_planned(query, k_cache, v_cache, plan: AttentionPlan, scale:
         v = _gather_slots(v_cache, plan.decode_slots).transpose(1, 2)
         out[plan.decode_rows] = _attend(q, k, v, plan.decode_mask, scale).squeeze(2)
     for part in plan.prefills:
-        q = query[part.query_start: part.query_end].transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
+        q = query[part.query_start : part.query_end].transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
         k = _gather_slots(k_cache, part.slots).transpose(0, 1).unsqueeze(0)  # [1, Hkv, L, D]
         v = _gather_slots(v_cache, part.slots).transpose(0, 1).unsqueeze(0)
         o = _attend(q, k, v, part.mask[None, None], scale)
-        out[part.query_start: part.query_end] = o[0].transpose(0, 1)
+        out[part.query_start : part.query_end] = o[0].transpose(0, 1)
     return out
 
 

@@ -23,19 +23,32 @@ _MIN_DOT_ROWS = 16  # tl.dot needs at least 16 rows
 
 def _paged_decode_attention_kernel(
     query_ptr,  # [num_tokens, num_heads, head_dim]
-    k_cache_ptr, v_cache_ptr,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    k_cache_ptr,
+    v_cache_ptr,  # [num_blocks, block_size, num_kv_heads, head_dim]
     block_tables_ptr,  # [num_seqs, max_blocks]
-    prefix_lens_ptr, own_lens_ptr,  # [num_seqs]
+    prefix_lens_ptr,
+    own_lens_ptr,  # [num_seqs]
     query_start_loc_ptr,  # [num_seqs + 1]
     out_ptr,  # [num_tokens, num_heads, head_dim]
     scale_log2,  # softmax scale * log2(e): the softmax runs in base 2
     block_size,
     head_dim,
-    stride_q_token, stride_q_head, stride_q_dim,
-    stride_kc_block, stride_kc_slot, stride_kc_head, stride_kc_dim,
-    stride_vc_block, stride_vc_slot, stride_vc_head, stride_vc_dim,
-    stride_bt_seq, stride_bt_block,
-    stride_o_token, stride_o_head, stride_o_dim,
+    stride_q_token,
+    stride_q_head,
+    stride_q_dim,
+    stride_kc_block,
+    stride_kc_slot,
+    stride_kc_head,
+    stride_kc_dim,
+    stride_vc_block,
+    stride_vc_slot,
+    stride_vc_head,
+    stride_vc_dim,
+    stride_bt_seq,
+    stride_bt_block,
+    stride_o_token,
+    stride_o_head,
+    stride_o_dim,
     GROUP: tl.constexpr,  # query heads per KV head
     BLOCK_G: tl.constexpr,  # GROUP rounded up to a power of two, at least 16
     BLOCK_D: tl.constexpr,  # head_dim rounded up to a power of two
@@ -73,8 +86,13 @@ def _paged_decode_attention_kernel(
             offset = tl.where(is_prefix, positions % block_size, own_position % block_size)
             block = tl.load(block_table + entry * stride_bt_block, mask=in_context, other=0).to(tl.int64)
             kv_mask = in_context[:, None] & (dims[None, :] < head_dim)
-            k_ptrs = (k_cache_ptr + block[:, None] * stride_kc_block + offset[:, None] * stride_kc_slot
-                      + kv_head * stride_kc_head + dims[None, :] * stride_kc_dim)
+            k_ptrs = (
+                k_cache_ptr
+                + block[:, None] * stride_kc_block
+                + offset[:, None] * stride_kc_slot
+                + kv_head * stride_kc_head
+                + dims[None, :] * stride_kc_dim
+            )
             k = tl.load(k_ptrs, mask=kv_mask, other=0.0).to(tl.float32)  # [BLOCK_N, BLOCK_D]
             logits = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2  # [BLOCK_G, BLOCK_N]
             logits = tl.where(in_context[None, :], logits, float("-inf"))
@@ -83,8 +101,13 @@ def _paged_decode_attention_kernel(
             alpha = tl.exp2(m_i - m_new)
             p = tl.exp2(logits - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            v_ptrs = (v_cache_ptr + block[:, None] * stride_vc_block + offset[:, None] * stride_vc_slot
-                      + kv_head * stride_vc_head + dims[None, :] * stride_vc_dim)
+            v_ptrs = (
+                v_cache_ptr
+                + block[:, None] * stride_vc_block
+                + offset[:, None] * stride_vc_slot
+                + kv_head * stride_vc_head
+                + dims[None, :] * stride_vc_dim
+            )
             v = tl.load(v_ptrs, mask=kv_mask, other=0.0).to(tl.float32)  # [BLOCK_N, BLOCK_D]
             acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=DOT_PRECISION)
             m_i = m_new
@@ -112,15 +135,26 @@ def paged_decode_attention_triton(
     other sequences in `out` are not written. CUDA, or CPU under TRITON_INTERPRET=1."""
     name = "paged_decode_attention"
     out = check_attention_args(name, query, k_cache, v_cache, block_tables, prefix_lens, own_lens, query_start_loc, out)
-    check_launchable(name, query=query, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables,
-                     prefix_lens=prefix_lens, own_lens=own_lens, query_start_loc=query_start_loc, out=out)
-    launch_paged_decode_attention(query, k_cache, v_cache, block_tables, prefix_lens, own_lens, query_start_loc,
-                                  scale, out)
+    check_launchable(
+        name,
+        query=query,
+        k_cache=k_cache,
+        v_cache=v_cache,
+        block_tables=block_tables,
+        prefix_lens=prefix_lens,
+        own_lens=own_lens,
+        query_start_loc=query_start_loc,
+        out=out,
+    )
+    launch_paged_decode_attention(
+        query, k_cache, v_cache, block_tables, prefix_lens, own_lens, query_start_loc, scale, out
+    )
     return out
 
 
-def launch_paged_decode_attention(query, k_cache, v_cache, block_tables, prefix_lens, own_lens, query_start_loc,
-                                  scale: float, out: torch.Tensor) -> None:
+def launch_paged_decode_attention(
+    query, k_cache, v_cache, block_tables, prefix_lens, own_lens, query_start_loc, scale: float, out: torch.Tensor
+) -> None:
     """The launch alone, for a caller that checked the arguments (kernels/paged_attention.py, once per step)."""
     num_seqs = block_tables.shape[0]
     num_heads, head_dim = query.shape[1:]
@@ -129,9 +163,22 @@ def launch_paged_decode_attention(query, k_cache, v_cache, block_tables, prefix_
         return
     group = num_heads // num_kv_heads
     _paged_decode_attention[(num_seqs, num_kv_heads)](
-        query, k_cache, v_cache, block_tables, prefix_lens, own_lens, query_start_loc, out,
-        scale * 1.4426950408889634, k_cache.shape[1], head_dim,
-        *query.stride(), *k_cache.stride(), *v_cache.stride(), *block_tables.stride(), *out.stride(),
+        query,
+        k_cache,
+        v_cache,
+        block_tables,
+        prefix_lens,
+        own_lens,
+        query_start_loc,
+        out,
+        scale * 1.4426950408889634,
+        k_cache.shape[1],
+        head_dim,
+        *query.stride(),
+        *k_cache.stride(),
+        *v_cache.stride(),
+        *block_tables.stride(),
+        *out.stride(),
         GROUP=group,
         BLOCK_G=max(_MIN_DOT_ROWS, next_power_of_2(group)),
         BLOCK_D=max(16, next_power_of_2(head_dim)),
@@ -141,7 +188,14 @@ def launch_paged_decode_attention(query, k_cache, v_cache, block_tables, prefix_
 
 
 def paged_decode_attention_reference(
-    query, k_cache, v_cache, block_tables, prefix_lens, own_lens, query_start_loc, scale: float,
+    query,
+    k_cache,
+    v_cache,
+    block_tables,
+    prefix_lens,
+    own_lens,
+    query_start_loc,
+    scale: float,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`paged_decode_attention_triton` in torch: the shared reference, restricted to one-query sequences."""

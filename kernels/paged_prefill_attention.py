@@ -23,20 +23,33 @@ DEFAULT_BLOCK_N = 32  # keys per tile
 
 def _paged_prefill_attention_kernel(
     query_ptr,  # [num_tokens, num_heads, head_dim]
-    k_cache_ptr, v_cache_ptr,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    k_cache_ptr,
+    v_cache_ptr,  # [num_blocks, block_size, num_kv_heads, head_dim]
     block_tables_ptr,  # [num_seqs, max_blocks]
-    prefix_lens_ptr, own_lens_ptr,  # [num_seqs]
+    prefix_lens_ptr,
+    own_lens_ptr,  # [num_seqs]
     query_start_loc_ptr,  # [num_seqs + 1]
     out_ptr,  # [num_tokens, num_heads, head_dim]
     scale_log2,  # softmax scale * log2(e): the softmax runs in base 2
     num_seqs,
     block_size,
     head_dim,
-    stride_q_token, stride_q_head, stride_q_dim,
-    stride_kc_block, stride_kc_slot, stride_kc_head, stride_kc_dim,
-    stride_vc_block, stride_vc_slot, stride_vc_head, stride_vc_dim,
-    stride_bt_seq, stride_bt_block,
-    stride_o_token, stride_o_head, stride_o_dim,
+    stride_q_token,
+    stride_q_head,
+    stride_q_dim,
+    stride_kc_block,
+    stride_kc_slot,
+    stride_kc_head,
+    stride_kc_dim,
+    stride_vc_block,
+    stride_vc_slot,
+    stride_vc_head,
+    stride_vc_dim,
+    stride_bt_seq,
+    stride_bt_block,
+    stride_o_token,
+    stride_o_head,
+    stride_o_dim,
     GROUP: tl.constexpr,  # query heads per KV head
     BLOCK_Q: tl.constexpr,  # queries per tile: BLOCK_M // GROUP
     BLOCK_M: tl.constexpr,  # rows per tile, a power of two >= 16
@@ -78,8 +91,9 @@ def _paged_prefill_attention_kernel(
         row_limit = last_position + query_index
         token = (query_start + query_index).to(tl.int64)
         row_mask = is_row[:, None] & (dims[None, :] < head_dim)
-        q_ptrs = (query_ptr + token[:, None] * stride_q_token + heads[:, None] * stride_q_head
-                  + dims[None, :] * stride_q_dim)
+        q_ptrs = (
+            query_ptr + token[:, None] * stride_q_token + heads[:, None] * stride_q_head + dims[None, :] * stride_q_dim
+        )
         q = tl.load(q_ptrs, mask=row_mask, other=0.0).to(tl.float32)  # [BLOCK_M, BLOCK_D]
 
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running max of the base-2 logits
@@ -97,8 +111,13 @@ def _paged_prefill_attention_kernel(
             offset = tl.where(is_prefix, positions % block_size, own_position % block_size)
             block = tl.load(block_table + entry * stride_bt_block, mask=in_range, other=0).to(tl.int64)
             kv_mask = in_range[:, None] & (dims[None, :] < head_dim)
-            k_ptrs = (k_cache_ptr + block[:, None] * stride_kc_block + offset[:, None] * stride_kc_slot
-                      + kv_head * stride_kc_head + dims[None, :] * stride_kc_dim)
+            k_ptrs = (
+                k_cache_ptr
+                + block[:, None] * stride_kc_block
+                + offset[:, None] * stride_kc_slot
+                + kv_head * stride_kc_head
+                + dims[None, :] * stride_kc_dim
+            )
             k = tl.load(k_ptrs, mask=kv_mask, other=0.0).to(tl.float32)  # [BLOCK_N, BLOCK_D]
             logits = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2  # [BLOCK_M, BLOCK_N]
             visible = in_range[None, :] & (positions[None, :] <= row_limit[:, None])
@@ -109,15 +128,21 @@ def _paged_prefill_attention_kernel(
             alpha = tl.exp2(m_i - m_new)
             p = tl.exp2(logits - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            v_ptrs = (v_cache_ptr + block[:, None] * stride_vc_block + offset[:, None] * stride_vc_slot
-                      + kv_head * stride_vc_head + dims[None, :] * stride_vc_dim)
+            v_ptrs = (
+                v_cache_ptr
+                + block[:, None] * stride_vc_block
+                + offset[:, None] * stride_vc_slot
+                + kv_head * stride_vc_head
+                + dims[None, :] * stride_vc_dim
+            )
             v = tl.load(v_ptrs, mask=kv_mask, other=0.0).to(tl.float32)  # [BLOCK_N, BLOCK_D]
             acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=DOT_PRECISION)
             m_i = m_new
 
         out = acc / l_i[:, None]
-        o_ptrs = (out_ptr + token[:, None] * stride_o_token + heads[:, None] * stride_o_head
-                  + dims[None, :] * stride_o_dim)
+        o_ptrs = (
+            out_ptr + token[:, None] * stride_o_token + heads[:, None] * stride_o_head + dims[None, :] * stride_o_dim
+        )
         tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=row_mask)
 
 
@@ -142,19 +167,51 @@ def paged_prefill_attention_triton(
     contract of `paged_attention_reference`. CUDA, or CPU under TRITON_INTERPRET=1."""
     name = "paged_prefill_attention"
     out = check_attention_args(name, query, k_cache, v_cache, block_tables, prefix_lens, own_lens, query_start_loc, out)
-    check_launchable(name, query=query, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables,
-                     prefix_lens=prefix_lens, own_lens=own_lens, query_start_loc=query_start_loc, out=out)
+    check_launchable(
+        name,
+        query=query,
+        k_cache=k_cache,
+        v_cache=v_cache,
+        block_tables=block_tables,
+        prefix_lens=prefix_lens,
+        own_lens=own_lens,
+        query_start_loc=query_start_loc,
+        out=out,
+    )
     for arg, size in (("block_m", block_m), ("block_n", block_n)):
         if size < 16 or size & (size - 1):
             raise ValueError(f"{name}: {arg} must be a power of two >= 16, got {size}")
-    launch_paged_prefill_attention(query, k_cache, v_cache, block_tables, prefix_lens, own_lens, query_start_loc,
-                                   scale, out, skip_single_query, block_m, block_n)
+    launch_paged_prefill_attention(
+        query,
+        k_cache,
+        v_cache,
+        block_tables,
+        prefix_lens,
+        own_lens,
+        query_start_loc,
+        scale,
+        out,
+        skip_single_query,
+        block_m,
+        block_n,
+    )
     return out
 
 
-def launch_paged_prefill_attention(query, k_cache, v_cache, block_tables, prefix_lens, own_lens, query_start_loc,
-                                   scale: float, out: torch.Tensor, skip_single_query: bool = False,
-                                   block_m: int = DEFAULT_BLOCK_M, block_n: int = DEFAULT_BLOCK_N) -> None:
+def launch_paged_prefill_attention(
+    query,
+    k_cache,
+    v_cache,
+    block_tables,
+    prefix_lens,
+    own_lens,
+    query_start_loc,
+    scale: float,
+    out: torch.Tensor,
+    skip_single_query: bool = False,
+    block_m: int = DEFAULT_BLOCK_M,
+    block_n: int = DEFAULT_BLOCK_N,
+) -> None:
     """The launch alone, for a caller that checked the arguments (kernels/paged_attention.py, once per step)."""
     num_tokens, num_heads, head_dim = query.shape
     num_seqs = block_tables.shape[0]
@@ -165,9 +222,23 @@ def launch_paged_prefill_attention(query, k_cache, v_cache, block_tables, prefix
     block_m = max(block_m, next_power_of_2(group))
     block_q = block_m // group
     _paged_prefill_attention[(num_tokens // block_q + num_seqs, num_kv_heads)](
-        query, k_cache, v_cache, block_tables, prefix_lens, own_lens, query_start_loc, out,
-        scale * 1.4426950408889634, num_seqs, k_cache.shape[1], head_dim,
-        *query.stride(), *k_cache.stride(), *v_cache.stride(), *block_tables.stride(), *out.stride(),
+        query,
+        k_cache,
+        v_cache,
+        block_tables,
+        prefix_lens,
+        own_lens,
+        query_start_loc,
+        out,
+        scale * 1.4426950408889634,
+        num_seqs,
+        k_cache.shape[1],
+        head_dim,
+        *query.stride(),
+        *k_cache.stride(),
+        *v_cache.stride(),
+        *block_tables.stride(),
+        *out.stride(),
         GROUP=group,
         BLOCK_Q=block_q,
         BLOCK_M=block_m,
@@ -179,15 +250,23 @@ def launch_paged_prefill_attention(query, k_cache, v_cache, block_tables, prefix
 
 
 def paged_prefill_attention_reference(
-    query, k_cache, v_cache, block_tables, prefix_lens, own_lens, query_start_loc, scale: float,
-    out: torch.Tensor | None = None, skip_single_query: bool = False,
+    query,
+    k_cache,
+    v_cache,
+    block_tables,
+    prefix_lens,
+    own_lens,
+    query_start_loc,
+    scale: float,
+    out: torch.Tensor | None = None,
+    skip_single_query: bool = False,
 ) -> torch.Tensor:
     """`paged_prefill_attention_triton` in torch: the shared reference over the sequences that kernel serves."""
     plan = build_plan(block_tables, prefix_lens.cpu(), own_lens.cpu(), query_start_loc.cpu(), k_cache.shape[1])
     out = torch.empty_like(query) if out is None else out
     result = paged_attention_planned(query, k_cache, v_cache, plan, scale)
     for part in plan.prefills:
-        out[part.query_start: part.query_end] = result[part.query_start: part.query_end]
+        out[part.query_start : part.query_end] = result[part.query_start : part.query_end]
     if not skip_single_query and plan.decode_rows.numel():
         out[plan.decode_rows] = result[plan.decode_rows]
     return out

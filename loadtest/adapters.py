@@ -24,9 +24,14 @@ class RandomAdapter:
         return (self.path / "adapter_config.json").read_bytes(), (self.path / "adapter_model.safetensors").read_bytes()
 
 
-def write_random_adapters(model, out_dir: Path, num_tasks: int, num_virtual_tokens: int = 20,
-                          peft_types: tuple[str, ...] = ("PROMPT_TUNING", "PREFIX_TUNING"),
-                          seed: int = 0) -> list[RandomAdapter]:
+def write_random_adapters(
+    model,
+    out_dir: Path,
+    num_tasks: int,
+    num_virtual_tokens: int = 20,
+    peft_types: tuple[str, ...] = ("PROMPT_TUNING", "PREFIX_TUNING"),
+    seed: int = 0,
+) -> list[RandomAdapter]:
     """`num_tasks` adapters for `model` (left untouched), kinds alternating over `peft_types`."""
     wrapped = {peft_type: _wrap(model, peft_type, num_virtual_tokens) for peft_type in peft_types}
     generator = torch.Generator().manual_seed(seed)
@@ -35,8 +40,9 @@ def write_random_adapters(model, out_dir: Path, num_tasks: int, num_virtual_toke
         peft_type = peft_types[index % len(peft_types)]
         peft_model = wrapped[peft_type]
         _randomize(peft_model, peft_type, generator)
-        adapter = RandomAdapter(f"{KIND_PREFIXES[peft_type]}-{index:03d}", peft_type,
-                                out_dir / f"{KIND_PREFIXES[peft_type]}-{index:03d}")
+        adapter = RandomAdapter(
+            f"{KIND_PREFIXES[peft_type]}-{index:03d}", peft_type, out_dir / f"{KIND_PREFIXES[peft_type]}-{index:03d}"
+        )
         peft_model.save_pretrained(adapter.path)
         adapters.append(adapter)
     return adapters
@@ -44,10 +50,12 @@ def write_random_adapters(model, out_dir: Path, num_tasks: int, num_virtual_toke
 
 def _wrap(model, peft_type: str, num_virtual_tokens: int):
     from peft import PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
+
     config_class = {"PROMPT_TUNING": PromptTuningConfig, "PREFIX_TUNING": PrefixTuningConfig}[peft_type]
     # A copy: get_peft_model marks the model it wraps, and the caller keeps serving the original.
-    return get_peft_model(copy.deepcopy(model), config_class(task_type=TaskType.CAUSAL_LM,
-                                                             num_virtual_tokens=num_virtual_tokens))
+    return get_peft_model(
+        copy.deepcopy(model), config_class(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=num_virtual_tokens)
+    )
 
 
 @torch.no_grad()

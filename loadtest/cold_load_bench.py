@@ -9,9 +9,10 @@ of them are decoding, `--cold-tasks` requests for tasks never used since the ser
 parsed and validated, then its K/V copied onto the device. The same streams run again without the cold requests
 (nothing else sent), alternating over `--rounds`. Reported: the streams' inter-token latency, p50/p99, over the
 window in which every stream decodes (from the last one's first token to the first one's last), and the ratio;
-choose `--new-tokens` so the cold requests (`--cold-tasks` x `--interval-s`) fall well inside it. Every cold task is a distinct random PEFT file (`loadtest.adapters`), uploaded before the server that
-is measured starts, so it starts with all of them on disk and none in memory (the files may still sit in the OS
-page cache: what is measured is the server's own work, not the disk's).
+choose `--new-tokens` so the cold requests (`--cold-tasks` x `--interval-s`) fall well inside it. Every cold task
+is a distinct random PEFT file (`loadtest.adapters`), uploaded before the server that is measured starts, so it
+starts with all of them on disk and none in memory (the files may still sit in the OS page cache: what is measured
+is the server's own work, not the disk's).
 """
 
 from __future__ import annotations
@@ -69,8 +70,10 @@ async def run_round(url: str, base_model: str, args: argparse.Namespace, cold_ta
     clock = lambda: time.perf_counter() - started  # noqa: E731
     client = LoadClient(ClientOptions(url=url, base_model=base_model, ignore_eos=True), clock)
     streams = [RequestRecord(index, None) for index in range(args.streams)]
-    stream_jobs = [asyncio.create_task(client.send(RequestSpec(record.index, None, STREAM_PROMPT, 0, args.new_tokens),
-                                                   record)) for record in streams]
+    stream_jobs = [
+        asyncio.create_task(client.send(RequestSpec(record.index, None, STREAM_PROMPT, 0, args.new_tokens), record))
+        for record in streams
+    ]
     while not all(record.chunk_times_s for record in streams) and not all(job.done() for job in stream_jobs):
         await asyncio.sleep(0.01)  # every stream is decoding: the window opens
     window_start = clock()
@@ -83,16 +86,24 @@ async def run_round(url: str, base_model: str, args: argparse.Namespace, cold_ta
     await asyncio.gather(*cold_jobs, *stream_jobs)
     await client.close()
     window_end = min((record.chunk_times_s[-1] for record in streams if record.chunk_times_s), default=window_start)
-    gaps = [later - earlier for record in streams
-            for earlier, later in zip(record.chunk_times_s, record.chunk_times_s[1:])
-            if window_start <= earlier and later <= window_end]
+    gaps = [
+        later - earlier
+        for record in streams
+        for earlier, later in zip(record.chunk_times_s, record.chunk_times_s[1:])
+        if window_start <= earlier and later <= window_end
+    ]
     cold_latencies = [record.e2e_s for record in colds if record.is_success]
     num_failed = sum(not record.is_success for record in streams + colds)
     return RoundResult(
-        with_cold_loads=bool(cold_tasks), itl_p50_ms=_ms(percentile(gaps, 50)), itl_p99_ms=_ms(percentile(gaps, 99)),
-        itl_max_ms=_ms(max(gaps, default=float("nan"))), num_gaps=len(gaps), window_s=window_end - window_start,
+        with_cold_loads=bool(cold_tasks),
+        itl_p50_ms=_ms(percentile(gaps, 50)),
+        itl_p99_ms=_ms(percentile(gaps, 99)),
+        itl_max_ms=_ms(max(gaps, default=float("nan"))),
+        num_gaps=len(gaps),
+        window_s=window_end - window_start,
         cold_first_token_p50_ms=_ms(percentile(cold_latencies, 50)) if cold_latencies else None,
-        num_failed=num_failed)
+        num_failed=num_failed,
+    )
 
 
 def _ms(seconds: float) -> float:
@@ -104,9 +115,11 @@ def summarize(rounds: list[RoundResult]) -> dict:
         values = [getattr(r, field) for r in rounds if r.with_cold_loads is with_cold]
         return sorted(values)[len(values) // 2]  # median over rounds
 
-    summary = {f"{label}_{field}": pooled(with_cold, field) for with_cold, label in ((False, "without"),
-                                                                                     (True, "with"))
-               for field in ("itl_p50_ms", "itl_p99_ms")}
+    summary = {
+        f"{label}_{field}": pooled(with_cold, field)
+        for with_cold, label in ((False, "without"), (True, "with"))
+        for field in ("itl_p50_ms", "itl_p99_ms")
+    }
     summary["p50_ratio"] = round(summary["with_itl_p50_ms"] / summary["without_itl_p50_ms"], 2)
     summary["p99_ratio"] = round(summary["with_itl_p99_ms"] / summary["without_itl_p99_ms"], 2)
     return summary
@@ -136,15 +149,27 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
     for result in rounds:
         label = "with cold loads   " if result.with_cold_loads else "without cold loads"
-        cold = "" if result.cold_first_token_p50_ms is None else f"  cold request p50 {result.cold_first_token_p50_ms} ms"
-        print(f"{label}  ITL p50 {result.itl_p50_ms:7.1f}  p99 {result.itl_p99_ms:7.1f}  max {result.itl_max_ms:7.1f} ms"
-              f"  ({result.num_gaps} gaps in {result.window_s:.1f} s, {result.num_failed} failed){cold}")
+        cold = (
+            "" if result.cold_first_token_p50_ms is None else f"  cold request p50 {result.cold_first_token_p50_ms} ms"
+        )
+        print(
+            f"{label}  ITL p50 {result.itl_p50_ms:7.1f}  p99 {result.itl_p99_ms:7.1f}  max {result.itl_max_ms:7.1f} ms"
+            f"  ({result.num_gaps} gaps in {result.window_s:.1f} s, {result.num_failed} failed){cold}"
+        )
     summary = summarize(rounds)
     print(f"ITL with / without cold loads: p50 x{summary['p50_ratio']}, p99 x{summary['p99_ratio']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                         "rounds": [asdict(r) for r in rounds], "summary": summary}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "rounds": [asdict(r) for r in rounds],
+                    "summary": summary,
+                },
+                indent=1,
+            )
+        )
     return 0 if all(result.num_failed == 0 for result in rounds) else 1
 
 
@@ -153,7 +178,9 @@ async def _all_rounds(url: str, base_model: str, args: argparse.Namespace, tasks
     rounds = []
     for index in range(args.rounds):
         rounds.append(await run_round(url, base_model, args, []))
-        rounds.append(await run_round(url, base_model, args, tasks[index * args.cold_tasks:(index + 1) * args.cold_tasks]))
+        rounds.append(
+            await run_round(url, base_model, args, tasks[index * args.cold_tasks : (index + 1) * args.cold_tasks])
+        )
     return rounds
 
 

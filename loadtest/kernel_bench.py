@@ -76,8 +76,16 @@ class PagedBatch:
     context_tokens: int  # distinct K/V tokens the batch reads (the shared prefix counted once)
 
     def args(self) -> tuple:
-        return (self.query, self.k_cache, self.v_cache, self.block_tables, self.prefix_lens, self.own_lens,
-                self.query_start_loc, HEAD_DIM ** -0.5)
+        return (
+            self.query,
+            self.k_cache,
+            self.v_cache,
+            self.block_tables,
+            self.prefix_lens,
+            self.own_lens,
+            self.query_start_loc,
+            HEAD_DIM**-0.5,
+        )
 
 
 def make_paged_batch(num_seqs: int, prefix_len: int, own_len: int, num_queries: int, dtype, device) -> PagedBatch:
@@ -105,20 +113,23 @@ def _attention_bytes(batch: PagedBatch) -> int:
     return kv + 2 * batch.query.numel() * batch.query.element_size()  # + queries read, outputs written
 
 
-def bench_attention(name: str, batch: PagedBatch, triton_fn, device, repeats: int, shape: str,
-                    with_triton: bool) -> list[Result]:
+def bench_attention(
+    name: str, batch: PagedBatch, triton_fn, device, repeats: int, shape: str, with_triton: bool
+) -> list[Result]:
     # The reference as the engine runs it: the plan built once per step, outside the timed per-layer call.
-    plan = build_plan(batch.block_tables, batch.prefix_lens.cpu(), batch.own_lens.cpu(), batch.query_start_loc.cpu(),
-                      BLOCK_SIZE)
-    scale = HEAD_DIM ** -0.5
+    plan = build_plan(
+        batch.block_tables, batch.prefix_lens.cpu(), batch.own_lens.cpu(), batch.query_start_loc.cpu(), BLOCK_SIZE
+    )
+    scale = HEAD_DIM**-0.5
     runs = {"reference": lambda: paged_attention_planned(batch.query, batch.k_cache, batch.v_cache, plan, scale)}
     if with_triton:
         runs["triton"] = lambda: triton_fn(*batch.args())
     return _measure(name, runs, _attention_bytes(batch), device, repeats, shape)
 
 
-def bench_embedding_gather(num_tokens: int, num_virtual: int, dtype, device, repeats: int,
-                           with_triton: bool) -> list[Result]:
+def bench_embedding_gather(
+    num_tokens: int, num_virtual: int, dtype, device, repeats: int, with_triton: bool
+) -> list[Result]:
     embedding = torch.randn(VOCAB, HIDDEN, dtype=dtype, device=device)
     prompt_rows = torch.randn(512, HIDDEN, dtype=dtype, device=device)
     token_ids = torch.randint(0, VOCAB, (num_tokens,), device=device)
@@ -127,8 +138,14 @@ def bench_embedding_gather(num_tokens: int, num_virtual: int, dtype, device, rep
     if with_triton:
         runs["triton"] = lambda: embedding_gather_triton(token_ids, embedding, prompt_rows)
     moved = 2 * num_tokens * HIDDEN * embedding.element_size() + token_ids.numel() * token_ids.element_size()
-    return _measure("embedding_gather", runs, moved, device, repeats,
-                    f"{num_tokens} tokens ({num_virtual} virtual), hidden {HIDDEN}")
+    return _measure(
+        "embedding_gather",
+        runs,
+        moved,
+        device,
+        repeats,
+        f"{num_tokens} tokens ({num_virtual} virtual), hidden {HIDDEN}",
+    )
 
 
 def bench_kv_write(num_tokens: int, dtype, device, repeats: int, with_triton: bool) -> list[Result]:
@@ -146,6 +163,7 @@ def bench_kv_write(num_tokens: int, dtype, device, repeats: int, with_triton: bo
         def run() -> torch.Tensor:
             write(key, value, k_cache, v_cache, slots)
             return torch.stack([k_cache, v_cache])
+
         return run
 
     runs = {"reference": writer(kv_write_reference)}
@@ -155,8 +173,9 @@ def bench_kv_write(num_tokens: int, dtype, device, repeats: int, with_triton: bo
     return _measure("kv_write", runs, moved, device, repeats, f"{num_tokens} tokens")
 
 
-def _measure(kernel: str, runs: dict[str, Callable], bytes_moved: int, device, repeats: int,
-             shape: str) -> list[Result]:
+def _measure(
+    kernel: str, runs: dict[str, Callable], bytes_moved: int, device, repeats: int, shape: str
+) -> list[Result]:
     diff = None
     if "triton" in runs:
         expected, actual = runs["reference"](), runs["triton"]()
@@ -164,8 +183,9 @@ def _measure(kernel: str, runs: dict[str, Callable], bytes_moved: int, device, r
     results = []
     for implementation, fn in runs.items():
         ms = _time(fn, device, repeats)
-        results.append(Result(kernel, implementation, str(device), shape, ms, bytes_moved,
-                              bytes_moved / (ms * 1e-3) / 1e9, diff))
+        results.append(
+            Result(kernel, implementation, str(device), shape, ms, bytes_moved, bytes_moved / (ms * 1e-3) / 1e9, diff)
+        )
     return results
 
 
@@ -174,13 +194,28 @@ def run_all(device: torch.device, dtype: torch.dtype, repeats: int, with_triton:
     results = bench_embedding_gather(256, 64, dtype, device, repeats, with_triton)
     results += bench_kv_write(256, dtype, device, repeats, with_triton)
     for num_seqs, context in ((32, 512), (8, 2048)):
-        batch = make_paged_batch(num_seqs, prefix_len=64, own_len=context - 64, num_queries=1, dtype=dtype,
-                                 device=device)
-        results += bench_attention("paged_decode_attention", batch, paged_decode_attention_triton, device, repeats,
-                                   f"{num_seqs} seqs x {context} context (64 shared prefix)", with_triton)
+        batch = make_paged_batch(
+            num_seqs, prefix_len=64, own_len=context - 64, num_queries=1, dtype=dtype, device=device
+        )
+        results += bench_attention(
+            "paged_decode_attention",
+            batch,
+            paged_decode_attention_triton,
+            device,
+            repeats,
+            f"{num_seqs} seqs x {context} context (64 shared prefix)",
+            with_triton,
+        )
     batch = make_paged_batch(4, prefix_len=64, own_len=256, num_queries=256, dtype=dtype, device=device)
-    results += bench_attention("paged_prefill_attention", batch, paged_prefill_attention_triton, device, repeats,
-                               "4 seqs x 256 new queries over 64 shared prefix", with_triton)
+    results += bench_attention(
+        "paged_prefill_attention",
+        batch,
+        paged_prefill_attention_triton,
+        device,
+        repeats,
+        "4 seqs x 256 new queries over 64 shared prefix",
+        with_triton,
+    )
     return results
 
 
@@ -201,8 +236,12 @@ def _describe(device: torch.device) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
-                        help="default: float16 on CUDA, float32 on CPU")
+    parser.add_argument(
+        "--dtype",
+        choices=["float16", "bfloat16", "float32"],
+        default=None,
+        help="default: float16 on CUDA, float32 on CPU",
+    )
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per kernel (median reported)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args()
@@ -215,12 +254,15 @@ def main() -> None:
     print(f"{'kernel':<25} {'impl':<10} {'ms':>9} {'MB moved':>9} {'GB/s':>8} {'max|diff|':>10}  shape")
     for r in results:
         diff = "" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}"
-        print(f"{r.kernel:<25} {r.implementation:<10} {r.median_ms:9.3f} {r.bytes_moved / 1e6:9.2f} "
-              f"{r.gb_per_s:8.2f} {diff:>10}  {r.shape}")
+        print(
+            f"{r.kernel:<25} {r.implementation:<10} {r.median_ms:9.3f} {r.bytes_moved / 1e6:9.2f} "
+            f"{r.gb_per_s:8.2f} {diff:>10}  {r.shape}"
+        )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": _describe(device), "dtype": str(dtype), "results": [asdict(r) for r in results]},
-                      f, indent=2)
+            json.dump(
+                {"device": _describe(device), "dtype": str(dtype), "results": [asdict(r) for r in results]}, f, indent=2
+            )
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ class GreedyResult:
 
 
 @torch.no_grad()
-def greedy_uncached(model, input_ids: list[int], max_new_tokens: int, eos_token_ids: Iterable[int],
-                    **forward_kwargs) -> GreedyResult:
+def greedy_uncached(
+    model, input_ids: list[int], max_new_tokens: int, eos_token_ids: Iterable[int], **forward_kwargs
+) -> GreedyResult:
     """`model` is a `PeftModel` (or a plain causal LM); `forward_kwargs` reach each forward (`task_ids=`).
 
     Stops after `max_new_tokens` tokens or on an end-of-sequence token, which is kept, as `generate` does.

@@ -160,8 +160,16 @@ def bench_uploads(client: httpx.Client, adapters: dict, num_uploads: int) -> lis
             generate(client, task)
             warm_s.append(time.perf_counter() - started)
         put, servable, warm = Percentiles.of(put_s), Percentiles.of(servable_s), Percentiles.of(warm_s)
-        result = UploadResult(peft_type, num_virtual_tokens, len(files[0][1]), num_uploads, put, servable, warm,
-                              [round(seconds * 1000, 2) for seconds in put_s])
+        result = UploadResult(
+            peft_type,
+            num_virtual_tokens,
+            len(files[0][1]),
+            num_uploads,
+            put,
+            servable,
+            warm,
+            [round(seconds * 1000, 2) for seconds in put_s],
+        )
         print(f"{peft_type:<14} p={num_virtual_tokens:<4} {result.file_bytes / 1e6:5.2f} MB  PUT      {put}")
         print(f"{'':<33}servable {servable}")
         print(f"{'':<33}warm gen {warm}", flush=True)

@@ -57,7 +57,9 @@ class TaskManifest:
 
     @property
     def active(self) -> VersionRecord:
-        return self.version(self.active_version)
+        record = self.version(self.active_version)
+        assert record is not None, f"active version {self.active_version} is not among the versions"  # from_json
+        return record
 
     @property
     def latest_version(self) -> int:
@@ -87,7 +89,7 @@ class TaskManifest:
             raise ValueError(f"unknown manifest format {body.get('format')!r}")
         versions = tuple(sorted((_record_from_dict(item) for item in body["versions"]), key=lambda r: r.version))
         manifest = cls(_require_type(body["task"], str), _require_type(body["active_version"], int), versions)
-        if manifest.active is None:
+        if manifest.version(manifest.active_version) is None:
             raise ValueError(f"active version {manifest.active_version} is not among the versions")
         if len({r.version for r in versions}) != len(versions):
             raise ValueError("a version number appears twice")

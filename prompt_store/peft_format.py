@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from prompt_store.model_shape import ModelShape
 from prompt_store.errors import InvalidPromptError, PromptTooLargeError
+from prompt_store.model_shape import ModelShape
 from prompt_store.peft_file_names import CONFIG_FILE, MODEL_FILE, PICKLED_MODEL_FILE
 from prompt_store.safetensors_reader import PICKLE_MESSAGE, read_safetensors
 from prompt_store.spec import PromptSpec

@@ -18,7 +18,6 @@ import zlib
 from collections import Counter
 from dataclasses import replace
 
-from prompt_store.model_shape import ModelShape
 from prompt_store.errors import (
     InvalidPromptError,
     InvalidSubtaskError,
@@ -29,6 +28,7 @@ from prompt_store.errors import (
 from prompt_store.host_cache import HostCache, VersionKey
 from prompt_store.manifest import TaskManifest, VersionRecord
 from prompt_store.memory_storage import MemoryStorage
+from prompt_store.model_shape import ModelShape
 from prompt_store.peft_format import read_peft_files
 from prompt_store.registry_types import RegistryStats, TaskInfo, TaskVersionRef, UploadResult, VersionInfo
 from prompt_store.spec import PromptSpec

@@ -136,7 +136,8 @@ def _parse_entry(name: str, value: object) -> TensorEntry:
     expected = math.prod(shape) * DTYPE_SIZES[dtype]
     if offsets[1] - offsets[0] != expected:
         raise _invalid(
-            f"gives tensor {shown} {offsets[1] - offsets[0]} bytes, but shape {_short(shape)} of {dtype} needs {_short(expected)}"
+            f"gives tensor {shown} {offsets[1] - offsets[0]} bytes, "
+            f"but shape {_short(shape)} of {dtype} needs {_short(expected)}"
         )
     return TensorEntry(name, dtype, tuple(shape), offsets[0], offsets[1])
 
@@ -159,7 +160,8 @@ def _check_tiling(entries: dict[str, TensorEntry], data_length: int) -> None:
         if entry.begin != position:
             problem = "overlaps another tensor" if entry.begin < position else "leaves a gap before it"
             raise _invalid(
-                f"tensor {_short(repr(entry.name), 66)} {problem} (data_offsets start {entry.begin}, expected {position})"
+                f"tensor {_short(repr(entry.name), 66)} {problem} "
+                f"(data_offsets start {entry.begin}, expected {position})"
             )
         position = entry.end
     if position != data_length:

@@ -13,6 +13,7 @@ a manifest naming it has atomically replaced the old manifest. Everything else i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -156,10 +157,8 @@ class PromptStorage:
     def remove_versions(self, task: str, versions: list[int]) -> None:
         """Remove version directories that a committed manifest no longer names (best effort: leftovers otherwise)."""
         for version in versions:
-            try:
+            with contextlib.suppress(OSError):  # scan() finds it as an uncommitted leftover next start
                 self._move_to_trash(self._version_dir(task, version))
-            except OSError:
-                pass  # scan() finds it as an uncommitted leftover next start
 
     def delete_task(self, task: str, highest_version: int) -> None:
         """Remove the task for good; the rename is the commit point, the rmtree only frees space.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import TypeGuard
 
 from prompt_store.errors import InvalidTaskNameError
 
@@ -10,7 +11,7 @@ from prompt_store.errors import InvalidTaskNameError
 TASK_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
-def is_valid_task_name(name: object) -> bool:
+def is_valid_task_name(name: object) -> TypeGuard[str]:
     # fullmatch, not match with "$": "$" also matches before a trailing newline
     return isinstance(name, str) and TASK_NAME_PATTERN.fullmatch(name) is not None
 

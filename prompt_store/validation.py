@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from prompt_store.model_shape import ModelShape
 from prompt_store.errors import InvalidPromptError, PromptTooLargeError
+from prompt_store.model_shape import ModelShape
 from prompt_store.spec import PromptKind
 from prompt_store.store_config import StoreConfig
 

@@ -29,7 +29,9 @@ class EngineConfig:
     fault_injection: str | None = None  # tests only: "run:MARKER" or "loop:MARKER" (engine/fault_injection.py)
 
     def __post_init__(self) -> None:
-        _require(self.block_size > 0 and self.block_size & (self.block_size - 1) == 0, "block_size must be a power of 2")
+        _require(
+            self.block_size > 0 and self.block_size & (self.block_size - 1) == 0, "block_size must be a power of 2"
+        )
         _require(self.num_kv_blocks > 0, "num_kv_blocks must be positive")
         _require(self.max_num_seqs > 0, "max_num_seqs must be positive")
         _require(self.max_num_batched_tokens > 0, "max_num_batched_tokens must be positive")
@@ -65,8 +67,16 @@ class ServerConfig:
         _require(self.max_waiting > 0, "max_waiting must be positive")
         _require(self.request_timeout_s > 0 and self.drain_timeout_s >= 0, "timeouts must be positive")
         _require(self.admin_token is None or len(self.admin_token) >= 8, "admin token must have at least 8 characters")
-        for name in ("max_body_bytes", "max_inference_body_bytes", "max_new_tokens_limit", "max_prompt_chars",
-                     "max_stop_chars", "max_messages", "tokenizer_threads", "health_stall_timeout_s"):
+        for name in (
+            "max_body_bytes",
+            "max_inference_body_bytes",
+            "max_new_tokens_limit",
+            "max_prompt_chars",
+            "max_stop_chars",
+            "max_messages",
+            "tokenizer_threads",
+            "health_stall_timeout_s",
+        ):
             _require(getattr(self, name) > 0, f"{name} must be positive")
 
     @property

@@ -1,5 +1,6 @@
 """Arms (d), (e) and (f): promptswap's engine in-process (as `tests/support/engine.py` runs it), with no prompts,
-with the task mix, and with no prompts but longer prompts. At most `concurrency` requests are admitted at once; a finished one is replaced at once."""
+with the task mix, and with no prompts but longer prompts. At most `concurrency` requests are admitted at once; a
+finished one is replaced at once."""
 
 from __future__ import annotations
 
@@ -29,8 +30,16 @@ def build_engine(model: str, cache_dir: Path, adapters: list[RandomAdapter], con
     return LLMEngine(config, loaded.model, loaded.tokenizer, registry)
 
 
-def run_engine(engine: LLMEngine, requests: list[BenchRequest], new_tokens: int, concurrency: int,
-               with_tasks: bool, arm: str, description: str, extra_prompt_tokens: int = 0) -> ArmResult:
+def run_engine(
+    engine: LLMEngine,
+    requests: list[BenchRequest],
+    new_tokens: int,
+    concurrency: int,
+    with_tasks: bool,
+    arm: str,
+    description: str,
+    extra_prompt_tokens: int = 0,
+) -> ArmResult:
     """`extra_prompt_tokens` > 0 puts that many more real tokens in front of every prompt (arm (f))."""
     sampling = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
     token_times: list[list[float]] = [[] for _ in requests]
@@ -49,8 +58,10 @@ def run_engine(engine: LLMEngine, requests: list[BenchRequest], new_tokens: int,
             request = waiting.popleft()
             prompt = _lengthened(request.prompt_token_ids, extra_prompt_tokens)
             task = request.adapter.task if with_tasks else None
-            engine.add_request(GenerationRequest(f"{arm}{request.index}", prompt, sampling, task=task),
-                               on_output=lambda output, index=request.index: on_output(index, output))
+            engine.add_request(
+                GenerationRequest(f"{arm}{request.index}", prompt, sampling, task=task),
+                on_output=lambda output, index=request.index: on_output(index, output),
+            )
             num_live += 1
         engine.step()
     wall_s = time.perf_counter() - started
@@ -60,11 +71,21 @@ def run_engine(engine: LLMEngine, requests: list[BenchRequest], new_tokens: int,
     wave = min(concurrency, len(requests))
     rate, batch = decode_rate(token_times, wave)
     prefill_s = all_first_tokens_s(token_times, wave, started)
-    return ArmResult(arm, description, len(requests), sum(counts), wall_s, rate, batch,
-                     note=f"EngineConfig defaults as served, {engine.num_steps} steps; first tokens of all "
-                          f"{wave} after {prefill_s:.1f} s",
-                     extra={"num_tasks_used": len({r.adapter.task for r in requests}) if with_tasks else 0,
-                            "all_first_tokens_s": prefill_s})
+    return ArmResult(
+        arm,
+        description,
+        len(requests),
+        sum(counts),
+        wall_s,
+        rate,
+        batch,
+        note=f"EngineConfig defaults as served, {engine.num_steps} steps; first tokens of all "
+        f"{wave} after {prefill_s:.1f} s",
+        extra={
+            "num_tasks_used": len({r.adapter.task for r in requests}) if with_tasks else 0,
+            "all_first_tokens_s": prefill_s,
+        },
+    )
 
 
 def _lengthened(prompt: tuple[int, ...], extra_tokens: int) -> tuple[int, ...]:
@@ -75,7 +96,10 @@ def _lengthened(prompt: tuple[int, ...], extra_tokens: int) -> tuple[int, ...]:
 def warm_up(engine: LLMEngine, requests: list[BenchRequest]) -> None:
     """A few base-model requests: kernels and allocator warm, but no task's prompt materialized in advance."""
     for request in requests[:4]:
-        engine.add_request(GenerationRequest(f"warm{request.index}", request.prompt_token_ids,
-                                             SamplingParams(max_new_tokens=4, ignore_eos=True)))
+        engine.add_request(
+            GenerationRequest(
+                f"warm{request.index}", request.prompt_token_ids, SamplingParams(max_new_tokens=4, ignore_eos=True)
+            )
+        )
     while engine.has_work():
         engine.step()

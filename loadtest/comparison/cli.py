@@ -46,12 +46,18 @@ DECODE_ROOFLINE_TARGET = 0.60
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.comparison",
-                                     description="One process, one run, the same requests: PEFT, transformers' "
-                                                 "continuous batching and promptswap, in tokens/s.",
-                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m-instruct",
-                        help="the embedded default's name or a local transformers folder (default: %(default)s)")
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.comparison",
+        description="One process, one run, the same requests: PEFT, transformers' "
+        "continuous batching and promptswap, in tokens/s.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--model",
+        default="smollm2-135m-instruct",
+        help="the embedded default's name or a local transformers folder (default: %(default)s)",
+    )
     parser.add_argument("--requests", type=int, default=64, help="requests per arm (default: %(default)s)")
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight (default: %(default)s)")
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per request (default: 32)")
@@ -60,16 +66,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--virtual-tokens", type=int, default=20, help="per adapter (default: %(default)s)")
     parser.add_argument("--zipf", type=float, default=1.0, help="task popularity exponent (default: 1)")
     parser.add_argument("--arm-a-requests", type=int, default=8, help="requests arm (a) is timed on (default: 8)")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="runs of arms c, d, e, f, interleaved (a shared machine is noisy); the best run of "
-                             "each is reported, all are in the JSON. Arms a and b run once.")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs of arms c, d, e, f, interleaved (a shared machine is noisy); the best run of "
+        "each is reported, all are in the JSON. Arms a and b run once.",
+    )
     parser.add_argument("--cb-page-size", type=int, default=16, help="arm (c) page size (default: 16)")
     parser.add_argument("--cb-max-batch-tokens", type=int, default=256, help="arm (c) step budget (default: 256)")
-    parser.add_argument("--no-cb-prefix-sharing", dest="cb_prefix_sharing", action="store_false",
-                        help="arm (c) without transformers' block sharing of common prompt prefixes")
+    parser.add_argument(
+        "--no-cb-prefix-sharing",
+        dest="cb_prefix_sharing",
+        action="store_false",
+        help="arm (c) without transformers' block sharing of common prompt prefixes",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, default=Path("loadtest-results/comparison.json"),
-                        help="results file (default: %(default)s)")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=Path("loadtest-results/comparison.json"),
+        help="results file (default: %(default)s)",
+    )
     parser.add_argument("--plot", type=Path, help="write a PNG bar chart of the arms to this file (matplotlib)")
     parser.add_argument("--profile", type=Path, help="write a torch profiler table of arm (e) to this file")
     return parser
@@ -99,8 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"results: {args.json}")
     if args.plot:
         from loadtest.comparison.plot import write_comparison_plot
-        title = (f"{args.model}: {args.requests} requests, {args.concurrency} concurrent, "
-                 f"{args.new_tokens} new tokens each")
+
+        title = (
+            f"{args.model}: {args.requests} requests, {args.concurrency} concurrent, {args.new_tokens} new tokens each"
+        )
         print(f"plot:    {write_comparison_plot(best, bench.roofline, args.plot, title)}")
     return 0
 
@@ -115,21 +135,29 @@ class Bench:
         from loadtest.comparison.workload import build_bench_requests
         from server.config import load_config
         from server.model import resolve_model_path
+
         self.args = args
         self.cache_dir = load_config({}).cache_dir
         self.model_path = resolve_model_path(args.model, self.cache_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
-        self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
-            else self.tokenizer.eos_token_id
+        self.pad_token_id = (
+            self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        )
         self.base = self.load_hf_model()
         self._adapter_dir = tempfile.TemporaryDirectory(prefix="comparison-adapters-")
-        self.adapters = write_random_adapters(self.base, Path(self._adapter_dir.name), args.tasks,
-                                              args.virtual_tokens, seed=args.seed)
+        self.adapters = write_random_adapters(
+            self.base, Path(self._adapter_dir.name), args.tasks, args.virtual_tokens, seed=args.seed
+        )
         self.requests = build_bench_requests(self.tokenizer, self.adapters, args.requests, args.zipf, args.seed)
         self.rooflines = [measure_roofline(self.base, min(args.concurrency, args.requests))]
         self.runners: dict[str, Callable[[], ArmResult]] = {
-            "a": self._arm_a, "b": self._arm_b, "c": self._arm_c, "d": lambda: self._arm_engine("d"),
-            "e": lambda: self._arm_engine("e"), "f": lambda: self._arm_engine("f")}
+            "a": self._arm_a,
+            "b": self._arm_b,
+            "c": self._arm_c,
+            "d": lambda: self._arm_engine("d"),
+            "e": lambda: self._arm_engine("e"),
+            "f": lambda: self._arm_engine("f"),
+        }
 
     @property
     def roofline(self) -> Roofline:
@@ -141,6 +169,7 @@ class Bench:
 
     def load_hf_model(self):
         from transformers import AutoModelForCausalLM
+
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32, local_files_only=True)
         return model.eval().requires_grad_(False)
 
@@ -151,47 +180,74 @@ class Bench:
         # A low probe means other jobs were using the CPU when this arm started.
         result = replace(result, extra={**result.extra, "matmul_gflops_before": round(probe, 1)})
         gc.collect()
-        print(f"arm ({arm}): {result.tokens_per_s:.1f} tok/s ({result.num_tokens} tokens in {result.wall_s:.1f} s)",
-              file=sys.stderr, flush=True)
+        print(
+            f"arm ({arm}): {result.tokens_per_s:.1f} tok/s ({result.num_tokens} tokens in {result.wall_s:.1f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
         return result
 
     def _arm_a(self) -> ArmResult:
         from loadtest.comparison import arm_peft
+
         subset = self.requests[: self.args.arm_a_requests]
         arm_peft.warm_up(self.base, subset[0], self.pad_token_id)
         result = arm_peft.run_one_at_a_time(self.base, subset, self.args.new_tokens, self.pad_token_id)
-        note = (f"timed on the first {len(subset)} of {len(self.requests)} requests (a per-token rate); "
-                f"adapter loading {result.extra['adapter_load_s']:.2f} s of it")
+        note = (
+            f"timed on the first {len(subset)} of {len(self.requests)} requests (a per-token rate); "
+            f"adapter loading {result.extra['adapter_load_s']:.2f} s of it"
+        )
         return replace(result, note=note)
 
     def _arm_b(self) -> ArmResult:
         from loadtest.comparison import arm_peft
+
         arm_peft.warm_up(self.base, self.requests[0], self.pad_token_id)
-        return arm_peft.run_grouped_by_task(self.base, self.requests, self.args.new_tokens, self.args.concurrency,
-                                            self.pad_token_id)
+        return arm_peft.run_grouped_by_task(
+            self.base, self.requests, self.args.new_tokens, self.args.concurrency, self.pad_token_id
+        )
 
     def _arm_c(self) -> ArmResult:
         from loadtest.comparison import arm_hf_continuous
+
         model = self.load_hf_model()  # generate_batch switches the attention implementation; keep `base` clean
         config = arm_hf_continuous.continuous_batching_config(
-            self.requests, self.args.new_tokens, self.args.concurrency, self.args.cb_page_size,
-            self.args.cb_max_batch_tokens, self.args.cb_prefix_sharing)
+            self.requests,
+            self.args.new_tokens,
+            self.args.concurrency,
+            self.args.cb_page_size,
+            self.args.cb_max_batch_tokens,
+            self.args.cb_prefix_sharing,
+        )
         arm_hf_continuous.warm_up(model, self.requests, config)
-        return arm_hf_continuous.run_generate_batch(model, self.requests, self.args.new_tokens,
-                                                    self.args.concurrency, config)
+        return arm_hf_continuous.run_generate_batch(
+            model, self.requests, self.args.new_tokens, self.args.concurrency, config
+        )
 
     def _arm_engine(self, arm: str) -> ArmResult:
         from loadtest.comparison import arm_engine
         from server.config import EngineConfig
+
         engine = arm_engine.build_engine(str(self.model_path), self.cache_dir, self.adapters, EngineConfig())
         arm_engine.warm_up(engine, self.requests)
         with_tasks = arm == "e"
         extra_tokens = self.args.virtual_tokens if arm == "f" else 0
-        description = {"d": "promptswap engine, no prompts", "e": "promptswap engine, task mix",
-                       "f": f"promptswap engine, no prompts, prompts {extra_tokens} tokens longer"}[arm]
+        description = {
+            "d": "promptswap engine, no prompts",
+            "e": "promptswap engine, task mix",
+            "f": f"promptswap engine, no prompts, prompts {extra_tokens} tokens longer",
+        }[arm]
         with _profiled(self.args.profile if with_tasks else None):
-            return arm_engine.run_engine(engine, self.requests, self.args.new_tokens, self.args.concurrency,
-                                         with_tasks, arm, description, extra_tokens)
+            return arm_engine.run_engine(
+                engine,
+                self.requests,
+                self.args.new_tokens,
+                self.args.concurrency,
+                with_tasks,
+                arm,
+                description,
+                extra_tokens,
+            )
 
 
 class _profiled:
@@ -215,20 +271,26 @@ class _profiled:
 
 
 def ratios(best: dict[str, ArmResult]) -> dict[str, float]:
-    return {f"e/{arm}": best["e"].tokens_per_s / best[arm].tokens_per_s
-            for arm in "abcdf" if "e" in best and arm in best}
+    return {
+        f"e/{arm}": best["e"].tokens_per_s / best[arm].tokens_per_s for arm in "abcdf" if "e" in best and arm in best
+    }
 
 
 def format_report(args, bench: Bench, best: dict[str, ArmResult]) -> str:
     roof = bench.roofline
-    lines = [*_header(args, bench), "",
-             f"{'arm':<4}{'tok/s':>9}{'of roof':>9}{'decode tok/s':>14}{'of roof':>9}{'wall s':>9}{'reqs':>6}  what"]
+    lines = [
+        *_header(args, bench),
+        "",
+        f"{'arm':<4}{'tok/s':>9}{'of roof':>9}{'decode tok/s':>14}{'of roof':>9}{'wall s':>9}{'reqs':>6}  what",
+    ]
     for arm, result in sorted(best.items()):
         decode = result.decode_tokens_per_s
         decode_text = f"{decode:9.1f} ({result.decode_batch:>2})" if decode else f"{'-':>14}"
         decode_roof = f"{decode / roof.tokens_per_s:8.1%}" if decode else f"{'-':>9}"
-        lines.append(f"({arm}) {result.tokens_per_s:8.1f}{result.tokens_per_s / roof.tokens_per_s:9.1%}"
-                     f"{decode_text}{decode_roof}{result.wall_s:9.1f}{result.num_requests:6d}  {result.description}")
+        lines.append(
+            f"({arm}) {result.tokens_per_s:8.1f}{result.tokens_per_s / roof.tokens_per_s:9.1%}"
+            f"{decode_text}{decode_roof}{result.wall_s:9.1f}{result.num_requests:6d}  {result.description}"
+        )
         if result.note:
             lines.append(f"{'':<4}{'':>9}  {result.note}")
     lines.append("")
@@ -236,8 +298,10 @@ def format_report(args, bench: Bench, best: dict[str, ArmResult]) -> str:
     if "e" in best and best["e"].decode_tokens_per_s:
         fraction = best["e"].decode_tokens_per_s / roof.tokens_per_s
         verdict = "holds" if fraction >= DECODE_ROOFLINE_TARGET else "does not hold"
-        lines.append(f"(e) decode at {best['e'].decode_batch} sequences: {fraction:.1%} of the roofline "
-                     f"(target >= {DECODE_ROOFLINE_TARGET:.0%}: {verdict})")
+        lines.append(
+            f"(e) decode at {best['e'].decode_batch} sequences: {fraction:.1%} of the roofline "
+            f"(target >= {DECODE_ROOFLINE_TARGET:.0%}: {verdict})"
+        )
     return "\n".join(lines)
 
 
@@ -247,18 +311,26 @@ def _header(args, bench: Bench) -> list[str]:
     measured = ", ".join(f"{r.matmul_gflops:.0f}" for r in bench.rooflines)
     return [
         "",
-        (f"model {args.model}: {roof.num_params / 1e6:.1f}M parameters, float32, CPU, {torch.get_num_threads()} "
-         f"torch threads; {args.requests} requests, {args.concurrency} concurrent, {args.new_tokens} new tokens "
-         f"each (EOS ignored); prompts {_prompt_lengths(bench)} tokens"),
-        (f"tasks: {args.tasks} random adapters ({kinds}, {args.virtual_tokens} virtual tokens), Zipf {args.zipf:g}; "
-         f"{len({r.adapter.task for r in bench.requests})} distinct tasks in the requests"),
-        (f"roofline: fp32 matmul {roof.matmul_gflops:.1f} GFLOP/s (decode shape {roof.decode_shape_gflops:.1f}) / "
-         f"(2 x {roof.num_params / 1e6:.1f}M) = {roof.tokens_per_s:.0f} tokens/s (best of {measured} GFLOP/s, "
-         f"measured before and after the arms)"),
-        (f"linear floor: the model's own Linear layers alone at batch {min(args.concurrency, args.requests)} "
-         f"(weights streamed from memory as in a real step) run at {roof.linear_floor_tokens_per_s:.0f} tokens/s "
-         f"= {roof.linear_floor_tokens_per_s / roof.tokens_per_s:.0%} of the roofline: no decode step can be "
-         f"faster"),
+        (
+            f"model {args.model}: {roof.num_params / 1e6:.1f}M parameters, float32, CPU, {torch.get_num_threads()} "
+            f"torch threads; {args.requests} requests, {args.concurrency} concurrent, {args.new_tokens} new tokens "
+            f"each (EOS ignored); prompts {_prompt_lengths(bench)} tokens"
+        ),
+        (
+            f"tasks: {args.tasks} random adapters ({kinds}, {args.virtual_tokens} virtual tokens), Zipf {args.zipf:g}; "
+            f"{len({r.adapter.task for r in bench.requests})} distinct tasks in the requests"
+        ),
+        (
+            f"roofline: fp32 matmul {roof.matmul_gflops:.1f} GFLOP/s (decode shape {roof.decode_shape_gflops:.1f}) / "
+            f"(2 x {roof.num_params / 1e6:.1f}M) = {roof.tokens_per_s:.0f} tokens/s (best of {measured} GFLOP/s, "
+            f"measured before and after the arms)"
+        ),
+        (
+            f"linear floor: the model's own Linear layers alone at batch {min(args.concurrency, args.requests)} "
+            f"(weights streamed from memory as in a real step) run at {roof.linear_floor_tokens_per_s:.0f} tokens/s "
+            f"= {roof.linear_floor_tokens_per_s / roof.tokens_per_s:.0%} of the roofline: no decode step can be "
+            f"faster"
+        ),
     ]
 
 
@@ -279,18 +351,26 @@ def results_document(args, bench: Bench, results, best, load_averages) -> dict:
     return {
         "tool": "promptswap-comparison",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "load_average_before_after": load_averages},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "load_average_before_after": load_averages,
+        },
         "source": _source_state(),
         "config": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
         "roofline": asdict(roof),
         "roofline_measurements": [asdict(measured) for measured in bench.rooflines],  # before and after the arms
-        "best": {arm: asdict(result) | {"tokens_per_s": result.tokens_per_s,
-                                        "fraction_of_roofline": result.tokens_per_s / roof.tokens_per_s}
-                 for arm, result in best.items()},
-        "runs": {arm: [asdict(run) | {"tokens_per_s": run.tokens_per_s} for run in runs]
-                 for arm, runs in results.items()},
+        "best": {
+            arm: asdict(result)
+            | {"tokens_per_s": result.tokens_per_s, "fraction_of_roofline": result.tokens_per_s / roof.tokens_per_s}
+            for arm, result in best.items()
+        },
+        "runs": {
+            arm: [asdict(run) | {"tokens_per_s": run.tokens_per_s} for run in runs] for arm, runs in results.items()
+        },
         "ratios": ratios(best),
         "targets": {name: {"target": target, "value": ratios(best).get(name)} for name, target in TARGETS},
     }
@@ -298,12 +378,20 @@ def results_document(args, bench: Bench, results, best, load_averages) -> dict:
 
 def _source_state() -> dict:
     """The commit measured, and the files changed on top of it (the engine may be mid-edit)."""
+
     def git(*command: str) -> str:
         try:
-            return subprocess.run(["git", *command], capture_output=True, text=True, timeout=10, check=False,
-                                  cwd=Path(__file__).resolve().parents[2]).stdout.strip()
+            return subprocess.run(
+                ["git", *command],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+                cwd=Path(__file__).resolve().parents[2],
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
+
     return {"commit": git("rev-parse", "HEAD"), "changed": git("status", "--porcelain").splitlines()}
 
 

@@ -43,8 +43,14 @@ class CompletionsShape:
     name, path = "completions", "/v1/completions"
 
     def body(self, spec: RequestSpec, model: str, options: ClientOptions) -> dict:
-        body = {"model": model, "prompt": spec.prompt, "max_tokens": spec.max_tokens, "stream": options.stream,
-                "temperature": options.temperature, "ignore_eos": options.ignore_eos}
+        body = {
+            "model": model,
+            "prompt": spec.prompt,
+            "max_tokens": spec.max_tokens,
+            "stream": options.stream,
+            "temperature": options.temperature,
+            "ignore_eos": options.ignore_eos,
+        }
         return body | ({"stream_options": {"include_usage": True}} if options.stream else {})
 
     def params(self, spec: RequestSpec) -> dict:
@@ -80,10 +86,14 @@ class GenerateShape:
     name, path = "generate", "/v1/generate"
 
     def body(self, spec: RequestSpec, model: str, options: ClientOptions) -> dict:
-        sampling = ({"do_sample": True, "temperature": options.temperature} if options.temperature > 0
-                    else {"do_sample": False})
-        return {"inputs": spec.prompt, "parameters": {"max_new_tokens": spec.max_tokens, **sampling},
-                "stream": options.stream}
+        sampling = (
+            {"do_sample": True, "temperature": options.temperature} if options.temperature > 0 else {"do_sample": False}
+        )
+        return {
+            "inputs": spec.prompt,
+            "parameters": {"max_new_tokens": spec.max_tokens, **sampling},
+            "stream": options.stream,
+        }
 
     def params(self, spec: RequestSpec) -> dict:
         return {"task": spec.task} if spec.task is not None else {}
@@ -92,8 +102,11 @@ class GenerateShape:
         details = event.get("details") or {}
         token = event.get("token")
         return StreamEvent(
-            text=(token or {}).get("text") or event.get("generated_text") or "", has_token=token is not None,
-            num_prompt_tokens=details.get("prompt_tokens"), num_output_tokens=details.get("generated_tokens"))
+            text=(token or {}).get("text") or event.get("generated_text") or "",
+            has_token=token is not None,
+            num_prompt_tokens=details.get("prompt_tokens"),
+            num_output_tokens=details.get("generated_tokens"),
+        )
 
 
 SHAPES = {shape.name: shape for shape in (CompletionsShape(), ChatShape(), GenerateShape())}
@@ -108,8 +121,11 @@ class LoadClient:
         self.clock = clock  # seconds since the start of the run
         headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
         self.http = httpx.AsyncClient(
-            base_url=options.url, headers=headers, timeout=httpx.Timeout(options.timeout_s, connect=30),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=1024))
+            base_url=options.url,
+            headers=headers,
+            timeout=httpx.Timeout(options.timeout_s, connect=30),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=1024),
+        )
 
     async def close(self) -> None:
         await self.http.aclose()

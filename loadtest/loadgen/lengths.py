@@ -7,8 +7,10 @@ import random
 from dataclasses import dataclass
 
 _KINDS = {"fixed": 1, "uniform": 2, "normal": 2, "lognormal": 2}
-HELP = ("fixed:N | uniform:LO:HI (inclusive) | normal:MEAN:STD | lognormal:MEDIAN:SIGMA; "
-        "draws are rounded and clipped to [1, max]")
+HELP = (
+    "fixed:N | uniform:LO:HI (inclusive) | normal:MEAN:STD | lognormal:MEDIAN:SIGMA; "
+    "draws are rounded and clipped to [1, max]"
+)
 
 
 @dataclass(frozen=True)
@@ -49,4 +51,3 @@ class LengthDistribution:
 
     def describe(self) -> str:
         return ":".join([self.kind, *(f"{value:g}" for value in self.params)])
-

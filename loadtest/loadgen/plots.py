@@ -13,19 +13,25 @@ GROUPS = (("all", lambda r: True), ("base model", lambda r: r.task is None), ("t
 def write_plots(records: list[RequestRecord], prefix: Path, title: str) -> list[Path]:
     """`PREFIX_latency.png` and `PREFIX_timeline.png`; returns their paths."""
     import matplotlib
+
     matplotlib.use("Agg")
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    return [_latency_cdfs(records, Path(f"{prefix}_latency.png"), title),
-            _timeline(records, Path(f"{prefix}_timeline.png"), title)]
+    return [
+        _latency_cdfs(records, Path(f"{prefix}_latency.png"), title),
+        _timeline(records, Path(f"{prefix}_timeline.png"), title),
+    ]
 
 
 def _latency_cdfs(records: list[RequestRecord], path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
+
     done = [r for r in records if r.is_success]
-    metrics = (("TTFT", lambda r: [r.ttft_s] if r.ttft_s is not None else []),
-               ("TPOT", lambda r: [r.tpot_s] if r.tpot_s is not None else []),
-               ("ITL", lambda r: r.itls_s),
-               ("end-to-end latency", lambda r: [r.e2e_s]))
+    metrics = (
+        ("TTFT", lambda r: [r.ttft_s] if r.ttft_s is not None else []),
+        ("TPOT", lambda r: [r.tpot_s] if r.tpot_s is not None else []),
+        ("ITL", lambda r: r.itls_s),
+        ("end-to-end latency", lambda r: [r.e2e_s]),
+    )
     is_mixed = len({r.task is None for r in done}) == 2
     groups = GROUPS if is_mixed else GROUPS[:1]  # split base / tasks only when the run has both
     figure, axes = plt.subplots(2, 2, figsize=(9, 6))
@@ -46,6 +52,7 @@ def _latency_cdfs(records: list[RequestRecord], path: Path, title: str) -> Path:
 
 def _timeline(records: list[RequestRecord], path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
+
     sent = [r for r in records if not math.isnan(r.sent_s)]
     end = max((r.end_s for r in sent if not math.isnan(r.end_s)), default=1.0)
     num_bins = max(1, min(200, math.ceil(end)))
@@ -72,8 +79,12 @@ def _timeline(records: list[RequestRecord], path: Path, title: str) -> Path:
 
     done = [r for r in sent if r.is_success]
     latency.scatter([r.sent_s for r in done], [r.e2e_s for r in done], s=8, label="end-to-end")
-    latency.scatter([r.sent_s for r in done if r.ttft_s is not None],
-                    [r.ttft_s for r in done if r.ttft_s is not None], s=8, label="TTFT")
+    latency.scatter(
+        [r.sent_s for r in done if r.ttft_s is not None],
+        [r.ttft_s for r in done if r.ttft_s is not None],
+        s=8,
+        label="TTFT",
+    )
     failed = [r for r in sent if not r.is_success]
     if failed:
         latency.scatter([r.sent_s for r in failed], [0] * len(failed), marker="x", color="red", label="failed")

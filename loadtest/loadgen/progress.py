@@ -55,5 +55,7 @@ class Progress:
         ttfts = [r.ttft_s * 1000 for r in ended if r.ttft_s is not None]
         ttft = f" | p50 TTFT {percentile(ttfts, 50):.0f} ms" if ttfts else ""
         rate = tokens / elapsed_s if elapsed_s > 0 else 0.0
-        return (f"[{elapsed_s:6.1f} s] sent {len(sent)}/{len(records)}  done {len(ended) - failed}  "
-                f"failed {failed}  in flight {len(sent) - len(ended)} | {rate:.1f} output tok/s{ttft}")
+        return (
+            f"[{elapsed_s:6.1f} s] sent {len(sent)}/{len(records)}  done {len(ended) - failed}  "
+            f"failed {failed}  in flight {len(sent) - len(ended)} | {rate:.1f} output tok/s{ttft}"
+        )

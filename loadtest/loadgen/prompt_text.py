@@ -38,4 +38,5 @@ def load_tokenizer(path: str | None):
     if not path:
         return None
     from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(path, local_files_only=True)

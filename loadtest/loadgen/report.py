@@ -15,13 +15,18 @@ from pathlib import Path
 from loadtest.loadgen.metrics import LatencyStats, RequestRecord, Summary, summarize
 
 
-def results_document(config: dict, records: list[RequestRecord], summary: Summary,
-                     include_requests: bool = True) -> dict:
+def results_document(
+    config: dict, records: list[RequestRecord], summary: Summary, include_requests: bool = True
+) -> dict:
     document = {
         "tool": "promptswap-loadgen",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"platform": platform.platform(), "python": sys.version.split()[0],
-                    "cpu_count": _cpu_count(), "load_average": _load_average()},
+        "machine": {
+            "platform": platform.platform(),
+            "python": sys.version.split()[0],
+            "cpu_count": _cpu_count(),
+            "load_average": _load_average(),
+        },
         "config": config,
         "summary": asdict(summary),
         "by_group": {name: asdict(group) for name, group in summarize_groups(records, summary.slos_ms).items()},
@@ -31,8 +36,9 @@ def results_document(config: dict, records: list[RequestRecord], summary: Summar
     return document
 
 
-def summarize_groups(records: list[RequestRecord], slos_ms: dict[str, float],
-                     group_of: Callable[[RequestRecord], str] | None = None) -> dict[str, Summary]:
+def summarize_groups(
+    records: list[RequestRecord], slos_ms: dict[str, float], group_of: Callable[[RequestRecord], str] | None = None
+) -> dict[str, Summary]:
     """The summary of each group of requests; by default "base" (no task) and "task" (any soft prompt)."""
     group_of = group_of or (lambda record: "base" if record.task is None else "task")
     groups: dict[str, list[RequestRecord]] = {}
@@ -51,8 +57,13 @@ def format_summary(summary: Summary, title: str = "") -> str:
     s = summary
     lines = ([f"==== {title} ===="] if title else []) + _counts(s) + [""]
     lines.append(f"{'latency (ms)':<14}{'mean':>9}{'p50':>9}{'p90':>9}{'p95':>9}{'p99':>9}{'max':>9}")
-    for name, stats in (("TTFT", s.ttft_ms), ("TPOT", s.tpot_ms), ("ITL", s.itl_ms), ("E2E", s.e2e_ms),
-                        ("send lag", s.send_lag_ms)):
+    for name, stats in (
+        ("TTFT", s.ttft_ms),
+        ("TPOT", s.tpot_ms),
+        ("ITL", s.itl_ms),
+        ("E2E", s.e2e_ms),
+        ("send lag", s.send_lag_ms),
+    ):
         lines.append(_latency_row(name, stats))
     return "\n".join(lines)
 

@@ -37,20 +37,30 @@ def paged_attention_forward(module, query, key, value, attention_mask, scaling=N
     if step is None:
         return _plain_causal(query, key, value, scaling), None
     k_cache, v_cache = step.kv_cache.layer(module.layer_idx)
-    kv_write(key[0].transpose(0, 1), value[0].transpose(0, 1), k_cache, v_cache, step.slot_mapping,
-             use_reference=step.use_reference)
-    out = paged_attention(query[0].transpose(0, 1), k_cache, v_cache, step.metadata, scaling,
-                          use_reference=step.use_reference)
+    kv_write(
+        key[0].transpose(0, 1),
+        value[0].transpose(0, 1),
+        k_cache,
+        v_cache,
+        step.slot_mapping,
+        use_reference=step.use_reference,
+    )
+    out = paged_attention(
+        query[0].transpose(0, 1), k_cache, v_cache, step.metadata, scaling, use_reference=step.use_reference
+    )
     return out.unsqueeze(0), None
 
 
 def _plain_causal(query, key, value, scaling) -> torch.Tensor:
     """A forward outside the engine (generate, debugging): one causal sequence per row, queries at the end."""
     num_queries, num_keys = query.shape[2], key.shape[2]
-    visible = torch.arange(num_keys, device=query.device)[None, :] \
+    visible = (
+        torch.arange(num_keys, device=query.device)[None, :]
         <= (num_keys - num_queries + torch.arange(num_queries, device=query.device))[:, None]
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=visible, scale=scaling,
-                                         enable_gqa=query.shape[1] != key.shape[1])
+    )
+    out = F.scaled_dot_product_attention(
+        query, key, value, attn_mask=visible, scale=scaling, enable_gqa=query.shape[1] != key.shape[1]
+    )
     return out.transpose(1, 2).contiguous()
 
 

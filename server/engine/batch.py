@@ -55,7 +55,7 @@ class MaterializationChunk(Chunk):
 class SchedulerOutput:
     """One step's batch: the chunks in packing order (a materialization before the chunks that read it)."""
 
-    chunks: list[Chunk] = field(default_factory=list)
+    chunks: list[SequenceChunk | MaterializationChunk] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)  # sent back to waiting this step
 
     @property

@@ -19,11 +19,16 @@ def build_engine(config: ServerConfig):
     device = resolve_device(config.engine.device)
     dtype = resolve_dtype(config.engine.dtype, device)
     loaded = load_model(config.model, config.cache_dir, device, dtype, attention.register())
-    registry = PromptRegistry(loaded.shape, config.store, config.base_model_id,
-                              PromptStorage(config.store.directory))
+    registry = PromptRegistry(loaded.shape, config.store, config.base_model_id, PromptStorage(config.store.directory))
     for problem in registry.load():
         log.warning("prompt store: %s", problem)
     engine = LLMEngine(config.engine, loaded.model, loaded.tokenizer, registry)
-    log.info("engine ready: %s on %s (%s), %d KV blocks of %d tokens", config.base_model_id, device, dtype,
-             config.engine.num_kv_blocks, config.engine.block_size)
+    log.info(
+        "engine ready: %s on %s (%s), %d KV blocks of %d tokens",
+        config.base_model_id,
+        device,
+        dtype,
+        config.engine.num_kv_blocks,
+        config.engine.block_size,
+    )
     return engine, registry, loaded.tokenizer

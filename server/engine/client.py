@@ -12,10 +12,17 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 from server.config import ServerConfig
 from server.engine.errors import EngineNotReadyError, QueueFullError, RequestValidationError
 from server.engine.request import EngineStats, GenerationRequest, RequestOutput, SamplingParams
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from prompt_store.registry import PromptRegistry
+    from server.engine.llm_engine import LLMEngine
 
 log = logging.getLogger("promptswap.engine")
 
@@ -61,9 +68,9 @@ class EngineClient:
     def __init__(self, config: ServerConfig):
         self.config = config
         self.base_model_id = config.base_model_id
-        self.registry = None  # PromptRegistry, set once loaded
-        self.engine = None  # LLMEngine, set once loaded
-        self.tokenizer = None
+        self.registry: PromptRegistry | None = None  # set once loaded
+        self.engine: LLMEngine | None = None  # set once loaded
+        self.tokenizer: PreTrainedTokenizerBase | None = None  # set once loaded
         self.fatal_error: BaseException | None = None  # why the engine stopped (at start-up or later), if it did
         self.on_fatal: Callable[[], None] | None = None  # set by the server: ends the process, non-zero
         self._heartbeat = time.monotonic()  # the loop's last pass that was not stuck in a step
@@ -92,10 +99,12 @@ class EngineClient:
 
     def _load(self) -> None:
         from server.engine.bootstrap import build_engine
+
         self.engine, self.registry, self.tokenizer = build_engine(self.config)
 
     def _loop(self) -> None:
         engine = self.engine
+        assert engine is not None  # _load set it
         while not self._is_stopping:
             engine.wait_for_work(timeout=0.1)
             if engine.has_work():
@@ -137,24 +146,22 @@ class EngineClient:
     # ---- requests ----
 
     def stats(self) -> EngineStats:
-        self._require_loaded()
-        return self.engine.stats()
+        return self._require_loaded().stats()
 
     def max_model_len(self) -> int:
         """Prompt + virtual + generated tokens one sequence may hold (the model's and the KV pool's bounds included)."""
-        self._require_loaded()
-        return self.engine.max_model_len
+        return self._require_loaded().max_model_len
 
     def tokenize(self, text: str) -> list[int]:
-        self._require_loaded()
-        return list(self.tokenizer(text).input_ids)
+        return list(self._loaded_tokenizer()(text).input_ids)
 
     def apply_chat_template(self, messages: list[dict]) -> str:
-        self._require_loaded()
-        if not getattr(self.tokenizer, "chat_template", None):
+        tokenizer = self._loaded_tokenizer()
+        if not getattr(tokenizer, "chat_template", None):
             raise RequestValidationError("this model has no chat template; use /v1/completions")
         try:
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            # tokenize=False: the template's text
+            return cast(str, tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
         except Exception as exc:  # the template rejects the messages (roles out of order, ...)
             raise RequestValidationError(f"messages do not fit the chat template: {exc}") from None
 
@@ -163,19 +170,25 @@ class EngineClient:
         QueueFullError (429), EngineNotReadyError (503). Fast: no model work happens here."""
         if not self.is_ready():
             raise EngineNotReadyError("the server is draining" if self.is_draining else "the model is loading")
-        if self.engine.num_waiting() >= self.config.max_waiting:
+        engine = self._require_loaded()  # is_ready() saw it loaded
+        if engine.num_waiting() >= self.config.max_waiting:
             raise QueueFullError(f"{self.config.max_waiting} requests are already waiting; retry shortly")
         token_ids = self.tokenize(request.prompt) if isinstance(request.prompt, str) else list(request.prompt)
         task = None if request.task in (None, "", self.base_model_id) else request.task
         request_id = request.request_id or uuid.uuid4().hex
         stream = RequestStream(request_id, len(token_ids), self)
-        generation = GenerationRequest(request_id=request_id, prompt_token_ids=tuple(token_ids),
-                                       sampling=request.sampling, task=task, subtask=request.subtask)
+        generation = GenerationRequest(
+            request_id=request_id,
+            prompt_token_ids=tuple(token_ids),
+            sampling=request.sampling,
+            task=task,
+            subtask=request.subtask,
+        )
 
         def deliver(out: RequestOutput) -> None:
             loop.call_soon_threadsafe(stream._queue.put_nowait, out)
 
-        handle = self.engine.add_request(generation, on_output=deliver)
+        handle = engine.add_request(generation, on_output=deliver)
         stream.task, stream.task_version = handle.task, handle.task_version
         return stream
 
@@ -183,6 +196,12 @@ class EngineClient:
         if self.engine is not None:
             self.engine.abort(request_id)
 
-    def _require_loaded(self) -> None:
+    def _require_loaded(self) -> LLMEngine:
         if self.engine is None:
             raise EngineNotReadyError("the model is loading")
+        return self.engine
+
+    def _loaded_tokenizer(self) -> PreTrainedTokenizerBase:
+        self._require_loaded()
+        assert self.tokenizer is not None  # set with the engine
+        return self.tokenizer

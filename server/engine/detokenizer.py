@@ -26,7 +26,7 @@ class IncrementalDetokenizer:
     def add(self, token_id: int) -> str:
         """Append one token; return the newly completed text (may be empty)."""
         self._ids.append(token_id)
-        prefix_text = self._decode(self._ids[:self._read_offset])
+        prefix_text = self._decode(self._ids[: self._read_offset])
         full_text = self._decode(self._ids)
         is_complete = len(full_text) > len(prefix_text) and not full_text.endswith("\ufffd")
         if is_complete or len(self._ids) - self._read_offset >= MAX_UNREAD_TOKENS:
@@ -35,10 +35,10 @@ class IncrementalDetokenizer:
 
     def flush(self) -> str:
         """Whatever text is still held back (an incomplete character at the very end)."""
-        return self._release(self._decode(self._ids[:self._read_offset]), self._decode(self._ids))
+        return self._release(self._decode(self._ids[: self._read_offset]), self._decode(self._ids))
 
     def _release(self, prefix_text: str, full_text: str) -> str:
         """The unread tokens' text; they become the context of the next window."""
-        self._ids = self._ids[self._read_offset:]
+        self._ids = self._ids[self._read_offset :]
         self._read_offset = len(self._ids)
-        return full_text[len(prefix_text):] if len(full_text) > len(prefix_text) else ""
+        return full_text[len(prefix_text) :] if len(full_text) > len(prefix_text) else ""

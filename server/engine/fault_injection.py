@@ -45,4 +45,4 @@ class FaultInjector:
     def _is_marked(self, prompt_token_ids: tuple[int, ...]) -> bool:
         n = len(self.marker_token_ids)
         # The tokenizer may have put a BOS token first.
-        return self.marker_token_ids in (prompt_token_ids[:n], prompt_token_ids[1:n + 1])
+        return self.marker_token_ids in (prompt_token_ids[:n], prompt_token_ids[1 : n + 1])

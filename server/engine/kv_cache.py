@@ -11,8 +11,9 @@ class KVCache:
     def __init__(self, shape: ModelShape, num_blocks: int, block_size: int, device: torch.device, dtype: torch.dtype):
         self.block_size = block_size
         # [layers, 2 (keys, values), blocks, block_size, kv_heads, head_dim]
-        self.tensor = torch.zeros(shape.num_layers, 2, num_blocks, block_size, shape.num_kv_heads, shape.head_dim,
-                                  device=device, dtype=dtype)
+        self.tensor = torch.zeros(
+            shape.num_layers, 2, num_blocks, block_size, shape.num_kv_heads, shape.head_dim, device=device, dtype=dtype
+        )
 
     def layer(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of one layer. # each [blocks, block_size, kv_heads, head_dim]"""

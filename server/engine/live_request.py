@@ -33,10 +33,12 @@ class RequestHandle:
 
     def result(self, timeout: float | None = None) -> tuple[list[int], str, RequestOutput]:
         """All generated token ids, the text, and the last output."""
-        token_ids, text, last = [], "", None
+        token_ids: list[int] = []
+        text, last = "", None
         for last in self.outputs(timeout):
             token_ids += last.new_token_ids
             text += last.new_text
+        assert last is not None  # outputs() yields until the finished output
         return token_ids, text, last
 
 

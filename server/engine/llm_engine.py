@@ -56,8 +56,9 @@ class LLMEngine:
         shape = registry.shape
         device = model.device
         model.set_attn_implementation(attention.register())
-        self.max_model_len = min(config.max_model_len, _model_max_len(model.config),
-                                 (config.num_kv_blocks // 2) * config.block_size)
+        self.max_model_len = min(
+            config.max_model_len, _model_max_len(model.config), (config.num_kv_blocks // 2) * config.block_size
+        )
         self.eos_token_ids = _eos_token_ids(model, tokenizer)
         self.block_manager = BlockManager(config.num_kv_blocks, config.block_size)
         kv_cache = KVCache(shape, config.num_kv_blocks, config.block_size, device, model.dtype)
@@ -140,11 +141,17 @@ class LLMEngine:
     def _snapshot(self) -> EngineStats:
         """On the loop thread only: the prompt cache's entries are iterated here."""
         return EngineStats(
-            num_running=len(self.scheduler.running), num_waiting=self.num_waiting(),
-            num_free_blocks=self.block_manager.num_free, num_total_blocks=self.block_manager.num_blocks,
-            num_registry_blocks=self.prompt_cache.num_blocks, num_resident_tasks=self.prompt_cache.num_resident,
-            num_steps=self.num_steps, batch_sizes=self.batch_sizes, num_step_failures=self.num_step_failures,
-            num_loading=len(self._loading))
+            num_running=len(self.scheduler.running),
+            num_waiting=self.num_waiting(),
+            num_free_blocks=self.block_manager.num_free,
+            num_total_blocks=self.block_manager.num_blocks,
+            num_registry_blocks=self.prompt_cache.num_blocks,
+            num_resident_tasks=self.prompt_cache.num_resident,
+            num_steps=self.num_steps,
+            batch_sizes=self.batch_sizes,
+            num_step_failures=self.num_step_failures,
+            num_loading=len(self._loading),
+        )
 
     # ---- the loop thread ----
 
@@ -192,8 +199,11 @@ class LLMEngine:
             if live.is_loading:
                 still_loading.append(live)
             elif load is not None and load.exception() is not None:
-                seq.fail(f"task {seq.task_ref.task!r} version {seq.task_ref.version} could not be loaded from "
-                         f"the prompt store: {load.exception()}")
+                assert seq.task_ref is not None  # only task requests load a prompt
+                seq.fail(
+                    f"task {seq.task_ref.task!r} version {seq.task_ref.version} could not be loaded from "
+                    f"the prompt store: {load.exception()}"
+                )
                 failed.append(seq)
             else:
                 self.scheduler.add(seq)
@@ -230,8 +240,9 @@ class LLMEngine:
 
     def _sample(self, batch: SchedulerOutput, logits: torch.Tensor) -> list[int]:
         seqs = batch.sampled_seqs
-        return sample(logits, [s.request.sampling for s in seqs], [s.token_ids for s in seqs],
-                      [s.generator for s in seqs])
+        return sample(
+            logits, [s.request.sampling for s in seqs], [s.token_ids for s in seqs], [s.generator for s in seqs]
+        )
 
     def _unpin_finished(self, seqs: list[Sequence]) -> None:
         for seq in seqs:
@@ -268,7 +279,8 @@ class LLMEngine:
         if total >= self.max_model_len:
             raise RequestValidationError(
                 f"the prompt has {len(request.prompt_token_ids)} tokens (+{num_virtual_tokens} virtual); "
-                f"the model takes at most {self.max_model_len - 1} before generating")
+                f"the model takes at most {self.max_model_len - 1} before generating"
+            )
 
     def _new_sequence(self, request: GenerationRequest, task_ref) -> Sequence:
         generator = None
@@ -277,11 +289,15 @@ class LLMEngine:
             generator = torch.Generator()
             generator.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
         return Sequence(
-            request=request, task_ref=task_ref,
+            request=request,
+            task_ref=task_ref,
             detokenizer=IncrementalDetokenizer(self.tokenizer, request.prompt_token_ids),
-            stop_matcher=StopStringMatcher(request.sampling.stop), generator=generator,
-            token_ids=list(request.prompt_token_ids), eos_token_ids=self.eos_token_ids,
-            max_model_len=self.max_model_len)
+            stop_matcher=StopStringMatcher(request.sampling.stop),
+            generator=generator,
+            token_ids=list(request.prompt_token_ids),
+            eos_token_ids=self.eos_token_ids,
+            max_model_len=self.max_model_len,
+        )
 
 
 def _model_max_len(config) -> int:

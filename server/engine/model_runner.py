@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence as Seq
+
 import torch
 
 from kernels.embedding_gather import embedding_gather
@@ -22,12 +24,18 @@ class ModelRunner:
         self.use_reference = use_reference_kernels or self.device.type != "cuda"
 
     @torch.inference_mode()
-    def run(self, chunks: list[Chunk]) -> torch.Tensor:
+    def run(self, chunks: Seq[Chunk]) -> torch.Tensor:
         """Forward every chunk; returns the last-token logits of chunks with `needs_logits`. # [n, vocab]"""
         inputs = build_step_inputs(chunks, self.kv_cache.block_size, self.device, with_plan=self.use_reference)
-        embeds = embedding_gather(inputs.token_ids, self.embedding, self.prompt_table.rows,
-                                  use_reference=self.use_reference)  # [num_tokens, hidden]
+        embeds = embedding_gather(
+            inputs.token_ids, self.embedding, self.prompt_table.rows, use_reference=self.use_reference
+        )  # [num_tokens, hidden]
         step = StepAttention(self.kv_cache, inputs.slot_mapping, inputs.attention, self.use_reference)
-        out = self.model(inputs_embeds=embeds.unsqueeze(0), position_ids=inputs.positions.unsqueeze(0),
-                         use_cache=False, logits_to_keep=inputs.logit_rows, **{STEP_KWARG: step})
-        return out.logits[0, :inputs.num_logits]
+        out = self.model(
+            inputs_embeds=embeds.unsqueeze(0),
+            position_ids=inputs.positions.unsqueeze(0),
+            use_cache=False,
+            logits_to_keep=inputs.logit_rows,
+            **{STEP_KWARG: step},
+        )
+        return out.logits[0, : inputs.num_logits]

@@ -44,8 +44,9 @@ def entry_key(ref: TaskVersionRef) -> EntryKey:
 
 
 class PromptCache:
-    def __init__(self, registry: PromptRegistry, block_manager: BlockManager, kv_cache: KVCache,
-                 prompt_table: PromptTable):
+    def __init__(
+        self, registry: PromptRegistry, block_manager: BlockManager, kv_cache: KVCache, prompt_table: PromptTable
+    ):
         self.registry = registry
         self.block_manager = block_manager
         self.kv_cache = kv_cache

@@ -8,7 +8,7 @@ SAMPLING_EPS is greedy, and a sampled row whose probabilities are no distributio
 
 from __future__ import annotations
 
-from typing import Sequence as Seq
+from collections.abc import Sequence as Seq
 
 import torch
 
@@ -32,28 +32,30 @@ def sample_row(row: torch.Tensor, params: SamplingParams, generator: torch.Gener
     return _sample_rows(row.unsqueeze(0), [params], [generator], row.argmax(-1, keepdim=True))[0]
 
 
-def sample(logits: torch.Tensor, params: Seq[SamplingParams], seen_ids: Seq[list[int]],
-           generators: Seq[torch.Generator | None]) -> list[int]:
+def sample(
+    logits: torch.Tensor, params: Seq[SamplingParams], seen_ids: Seq[list[int]], generators: Seq[torch.Generator | None]
+) -> list[int]:
     """logits [num_seqs, vocab] -> one token id per row."""
     logits = torch.where(torch.isnan(logits), float("-inf"), logits.float())  # new: the caller's stays as it was
     penalized = [i for i, p in enumerate(params) if p.repetition_penalty != 1.0]
     if penalized:
-        _apply_repetition_penalties(logits, penalized, [seen_ids[i] for i in penalized],
-                                    [params[i].repetition_penalty for i in penalized])
+        _apply_repetition_penalties(
+            logits, penalized, [seen_ids[i] for i in penalized], [params[i].repetition_penalty for i in penalized]
+        )
     greedy = logits.argmax(-1)  # [num_seqs]
     sampled = [i for i, p in enumerate(params) if not p.is_greedy]
     chosen = greedy.tolist()
     if sampled:
         rows = torch.tensor(sampled, device=logits.device)
-        drawn = _sample_rows(logits[rows], [params[i] for i in sampled], [generators[i] for i in sampled],
-                             greedy[rows])
+        drawn = _sample_rows(logits[rows], [params[i] for i in sampled], [generators[i] for i in sampled], greedy[rows])
         for i, token_id in zip(sampled, drawn):
             chosen[i] = token_id
     return chosen
 
 
-def _apply_repetition_penalties(logits: torch.Tensor, rows: list[int], seen_ids: list[list[int]],
-                                penalties: list[float]) -> None:
+def _apply_repetition_penalties(
+    logits: torch.Tensor, rows: list[int], seen_ids: list[list[int]], penalties: list[float]
+) -> None:
     """In place, every listed row in one gather and one scatter (a repeated id writes the same value twice)."""
     counts = torch.tensor([len(seen) for seen in seen_ids])
     if int(counts.sum()) == 0:
@@ -66,22 +68,23 @@ def _apply_repetition_penalties(logits: torch.Tensor, rows: list[int], seen_ids:
     logits[row_index, col_index] = torch.where(scores < 0, scores * penalty, scores / penalty)
 
 
-def _sample_rows(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
-                 fallback: torch.Tensor) -> list[int]:
+def _sample_rows(
+    logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None], fallback: torch.Tensor
+) -> list[int]:
     """logits [num_rows, vocab] of sampled rows -> one drawn token id per row; a row whose probabilities are not
     a distribution gets its `fallback` [num_rows] id."""
     dtype, device = logits.dtype, logits.device
     # Clamped: a temperature past the dtype's range would be inf, and -inf / inf is NaN.
     temperature = torch.tensor([p.temperature for p in params], dtype=dtype, device=device).clamp(
-        max=torch.finfo(dtype).max)
+        max=torch.finfo(dtype).max
+    )
     scores = _filter(logits / temperature.unsqueeze(1), [p.top_k for p in params], [p.top_p for p in params])
     probs = scores.softmax(-1)  # [num_rows, vocab]
     is_valid = torch.isfinite(probs).all(-1, keepdim=True) & (probs.sum(-1, keepdim=True) > 0)
     probs = torch.where(is_valid, probs, torch.nn.functional.one_hot(fallback, probs.shape[-1]).to(dtype))
     # Per-request CPU generators make the draw one call per row; the probabilities reach the host in one copy.
     probs = probs.cpu()
-    return [int(torch.multinomial(probs[i], 1, generator=generator).item())
-            for i, generator in enumerate(generators)]
+    return [int(torch.multinomial(probs[i], 1, generator=generator).item()) for i, generator in enumerate(generators)]
 
 
 def _filter(scores: torch.Tensor, top_ks: list[int], top_ps: list[float]) -> torch.Tensor:

@@ -122,11 +122,20 @@ class Scheduler:
             return 0, scheduled.own_len == entry.prefix_len
         start = entry.num_materialized
         num_tokens = min(entry.prefix_len - start, budget)
+        assert seq.task_ref is not None  # a sequence with a prompt entry has a task
         self.prompt_cache.hold(seq.task_ref)  # the chunk's own hold: the sequence may drop the entry this step
-        out.chunks.append(MaterializationChunk(
-            entry=entry, token_ids=tuple(self.vocab_size + row for row in entry.row_ids[start:start + num_tokens]),
-            start_position=start, prefix_len=0, prefix_blocks=(), own_blocks=tuple(entry.prefix_blocks),
-            own_start=start, needs_logits=False))
+        out.chunks.append(
+            MaterializationChunk(
+                entry=entry,
+                token_ids=tuple(self.vocab_size + row for row in entry.row_ids[start : start + num_tokens]),
+                start_position=start,
+                prefix_len=0,
+                prefix_blocks=(),
+                own_blocks=tuple(entry.prefix_blocks),
+                own_start=start,
+                needs_logits=False,
+            )
+        )
         return num_tokens, start + num_tokens == entry.prefix_len
 
     def _chunk(self, seq: Sequence, num_tokens: int) -> SequenceChunk:
@@ -134,13 +143,14 @@ class Scheduler:
         start = seq.num_computed
         return SequenceChunk(
             seq=seq,
-            token_ids=tuple(seq.token_ids[start:start + num_tokens]),
+            token_ids=tuple(seq.token_ids[start : start + num_tokens]),
             start_position=seq.prefix_len + start,
             prefix_len=seq.prefix_len,
             prefix_blocks=tuple(entry.prefix_blocks) if entry is not None else (),
             own_blocks=tuple(seq.own_blocks),
             own_start=start,
-            needs_logits=start + num_tokens == len(seq.token_ids))
+            needs_logits=start + num_tokens == len(seq.token_ids),
+        )
 
     def _reserve(self, seq: Sequence, num_tokens: int) -> bool:
         """Give the sequence blocks for `num_tokens` own tokens, evicting unused prompts if that makes room."""
@@ -202,8 +212,11 @@ class Scheduler:
         schedule it again each step). `num_materialized` did not advance, so a later request recomputes the
         part this chunk may have half written. Returns the failed sequences."""
         self.prompt_cache.drop(mat.entry)
-        failed = [seq for seq in [*self.running, *self.waiting]
-                  if seq.task_ref is not None and entry_key(seq.task_ref) == mat.entry.key]
+        failed = [
+            seq
+            for seq in [*self.running, *self.waiting]
+            if seq.task_ref is not None and entry_key(seq.task_ref) == mat.entry.key
+        ]
         for seq in failed:
             self.fail(seq, error)
         return failed

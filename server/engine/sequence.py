@@ -115,12 +115,22 @@ class Sequence:
         self.pending_token_ids.clear()
         timings = None
         if finished:
-            timings = RequestTimings(arrival_time=self.arrival_time, first_scheduled_time=self.first_scheduled_time,
-                                     first_token_time=self.first_token_time, finished_time=now)
+            timings = RequestTimings(
+                arrival_time=self.arrival_time,
+                first_scheduled_time=self.first_scheduled_time,
+                first_token_time=self.first_token_time,
+                finished_time=now,
+            )
         return RequestOutput(
-            request_id=self.request_id, new_token_ids=new_ids, new_text=self.stop_matcher.take(final=finished),
-            finished=finished, finish_reason=self.finish_reason, num_prompt_tokens=self.num_prompt_tokens,
+            request_id=self.request_id,
+            new_token_ids=new_ids,
+            new_text=self.stop_matcher.take(final=finished),
+            finished=finished,
+            finish_reason=self.finish_reason,
+            num_prompt_tokens=self.num_prompt_tokens,
             num_generated_tokens=self.num_generated,
             task=self.task_ref.task if self.task_ref else None,
-            task_version=self.task_ref.version if self.task_ref else None, timings=timings,
-            error=self.error if finished else None)
+            task_version=self.task_ref.version if self.task_ref else None,
+            timings=timings,
+            error=self.error if finished else None,
+        )

@@ -3,6 +3,7 @@ to the device in one transfer (pinned and non-blocking on CUDA; on CPU the host 
 
 from __future__ import annotations
 
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
 import torch
@@ -22,13 +23,15 @@ class StepInputs:
     num_logits: int  # chunks that need logits
 
 
-def build_step_inputs(chunks: list[Chunk], block_size: int, device: torch.device,
-                      with_plan: bool) -> StepInputs:
+def build_step_inputs(chunks: Seq[Chunk], block_size: int, device: torch.device, with_plan: bool) -> StepInputs:
     """`with_plan`: also build the reference path's index tensors (it runs on CPU, or when forced)."""
     token_ids = [t for c in chunks for t in c.token_ids]
     positions = [p for c in chunks for p in range(c.start_position, c.start_position + c.num_tokens)]
-    slots = [c.own_blocks[i // block_size] * block_size + i % block_size
-             for c in chunks for i in range(c.own_start, c.own_len)]
+    slots = [
+        c.own_blocks[i // block_size] * block_size + i % block_size
+        for c in chunks
+        for i in range(c.own_start, c.own_len)
+    ]
     query_start_loc, logit_rows = [0], []
     for c in chunks:
         query_start_loc.append(query_start_loc[-1] + c.num_tokens)
@@ -38,18 +41,33 @@ def build_step_inputs(chunks: list[Chunk], block_size: int, device: torch.device
     width = max(len(c.block_table) for c in chunks)
     tables = [b for c in chunks for b in (*c.block_table, *[0] * (width - len(c.block_table)))]
     # One int64 buffer for all of it, so the device gets one copy instead of one per tensor.
-    parts = [token_ids, positions, logit_rows or [query_start_loc[-1] - 1], slots,
-             [c.prefix_len for c in chunks], [c.own_len for c in chunks], query_start_loc, tables]
+    parts = [
+        token_ids,
+        positions,
+        logit_rows or [query_start_loc[-1] - 1],
+        slots,
+        [c.prefix_len for c in chunks],
+        [c.own_len for c in chunks],
+        query_start_loc,
+        tables,
+    ]
     host = torch.tensor([v for part in parts for v in part], dtype=torch.int64, pin_memory=device.type == "cuda")
     flat = host.to(device, non_blocking=True)
-    (token_ids_t, positions_t, logit_rows_t, slots_t, prefix_lens, own_lens, qsl,
-     tables_t) = flat.split([len(part) for part in parts])
+    (token_ids_t, positions_t, logit_rows_t, slots_t, prefix_lens, own_lens, qsl, tables_t) = flat.split(
+        [len(part) for part in parts]
+    )
     block_tables = tables_t.view(len(chunks), width)
     plan = None
     if with_plan:  # built from host values: reading the device tensors back would sync
         host_parts = host.split([len(part) for part in parts])
         plan = build_plan(block_tables, host_parts[4], host_parts[5], host_parts[6], block_size)
     attention = PagedAttentionMetadata(
-        block_tables, prefix_lens, own_lens, qsl, max_query_len=max(c.num_tokens for c in chunks),
-        num_decodes=sum(1 for c in chunks if c.num_tokens == 1), plan=plan)
+        block_tables,
+        prefix_lens,
+        own_lens,
+        qsl,
+        max_query_len=max(c.num_tokens for c in chunks),
+        num_decodes=sum(1 for c in chunks if c.num_tokens == 1),
+        plan=plan,
+    )
     return StepInputs(token_ids_t, positions_t, logit_rows_t, slots_t, attention, num_logits)

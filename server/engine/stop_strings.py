@@ -31,7 +31,7 @@ class StopStringMatcher:
         cut = first_stop(searched, self._stop)
         if cut is not None:
             # `searched` and `pending` end together; a match starts in held-back text, never in text already taken.
-            pending = pending[:max(0, len(pending) - (len(searched) - cut))]
+            pending = pending[: max(0, len(pending) - (len(searched) - cut))]
             self.is_stopped = True
         self._pending = pending
         self._tail = _last(searched, self._window)
@@ -39,7 +39,7 @@ class StopStringMatcher:
     def take(self, final: bool) -> str:
         """Text safe to emit now; with `final`, everything left."""
         held = 0 if final or self.is_stopped else held_back_length(_last(self._pending, self._window), self._stop)
-        out, self._pending = self._pending[:len(self._pending) - held], self._pending[len(self._pending) - held:]
+        out, self._pending = self._pending[: len(self._pending) - held], self._pending[len(self._pending) - held :]
         if out:
             self._taken.append(out)
         return out
@@ -61,4 +61,4 @@ def held_back_length(tail: str, stops: tuple[str, ...]) -> int:
 
 
 def _last(text: str, num_chars: int) -> str:
-    return text[max(0, len(text) - num_chars):]
+    return text[max(0, len(text) - num_chars) :]

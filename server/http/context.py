@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fastapi import Request
 
@@ -12,6 +13,9 @@ from server.http.lifecycle import ServiceState
 from server.http.metrics import Metrics
 from server.http.offload import Offloader
 
+if TYPE_CHECKING:
+    from prompt_store.registry import PromptRegistry
+
 
 @dataclass(frozen=True)
 class AppContext:
@@ -20,6 +24,13 @@ class AppContext:
     service: ServiceState  # readiness, draining, requests in flight
     metrics: Metrics
     offload: Offloader  # tokenizing and chat templates, off the event loop
+
+    @property
+    def registry(self) -> PromptRegistry:
+        """The engine's prompt registry, for handlers that run once the model is loaded (ServiceState)."""
+        registry = self.engine.registry
+        assert registry is not None  # the routes check readiness first
+        return registry
 
 
 async def get_context(request: Request) -> AppContext:

@@ -118,7 +118,7 @@ def _describe_schema_error(error: dict) -> str:
 
 
 def _field_path(loc: tuple) -> str:
-    """"messages.0.content" from pydantic's location: without "body", and without the tags it gives each member of
+    """ "messages.0.content" from pydantic's location: without "body", and without the tags it gives each member of
     a union ("str", "list[int]", "function-after[...]", a model's class name), which name no field."""
     return ".".join(str(part) for part in loc if part != "body" and not _is_union_tag(part))
 

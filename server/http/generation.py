@@ -11,9 +11,9 @@ from fastapi import Request
 from starlette.requests import ClientDisconnect
 
 from server.engine.client import RequestStream, SubmitRequest
+from server.engine.errors import RequestFailedError
 from server.engine.request import FinishReason, RequestOutput
 from server.http.context import AppContext
-from server.engine.errors import RequestFailedError
 from server.http.errors import ServiceUnavailableError
 
 

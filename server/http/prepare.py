@@ -36,7 +36,7 @@ def token_budget(ctx: AppContext, token_ids: tuple[int, ...], task: str | None) 
     """The budget against the task's active version now; a newer version with more virtual tokens admitted meanwhile
     only makes the engine end the sequence at the model's length, as it ends every sequence."""
     is_base = task in (None, "", ctx.config.base_model_id)
-    num_virtual_tokens = 0 if is_base else ctx.engine.registry.get_task(task).active.num_virtual_tokens
+    num_virtual_tokens = 0 if is_base or task is None else ctx.registry.get_task(task).active.num_virtual_tokens
     return TokenBudget(
         max_model_len=ctx.engine.max_model_len(),
         max_new_tokens_limit=ctx.config.max_new_tokens_limit,

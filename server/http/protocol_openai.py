@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Literal, cast
 
 from pydantic import BaseModel, Field
 
@@ -96,7 +96,8 @@ class CompletionRequest(SamplingFields):
             if len(prompt) != 1:
                 raise RequestValidationError("exactly one prompt per request is supported", param="prompt")
             prompt = prompt[0]
-        return prompt if isinstance(prompt, str) else tuple(prompt)
+        # A list here holds token ids: a list of texts or of id lists was unwrapped above.
+        return prompt if isinstance(prompt, str) else tuple(cast(list[int], prompt))
 
 
 class ContentPart(BaseModel):

@@ -58,6 +58,7 @@ class GenerateDetails(BaseModel):
 
     @classmethod
     def of(cls, final: RequestOutput) -> GenerateDetails:
+        assert final.finish_reason is not None  # set on every finished output
         return cls(
             finish_reason=final.finish_reason.value,
             generated_tokens=final.num_generated_tokens,

@@ -51,7 +51,7 @@ async def upload_prompt(task: str, request: Request, ctx: AppContext = Depends(g
         async with request.form(max_files=2, max_fields=8, max_part_size=ctx.config.max_body_bytes) as form:
             config_bytes = await _read_part(form, CONFIG_PART)
             model_bytes = await _read_part(form, MODEL_PART)
-        result = await run_in_threadpool(ctx.engine.registry.upload, task, config_bytes, model_bytes)
+        result = await run_in_threadpool(ctx.registry.upload, task, config_bytes, model_bytes)
     except Exception:
         ctx.metrics.uploads.labels("rejected").inc()
         raise
@@ -62,24 +62,24 @@ async def upload_prompt(task: str, request: Request, ctx: AppContext = Depends(g
 
 @router.get("", response_model=TaskList)
 async def list_prompts(ctx: AppContext = Depends(get_context)) -> TaskList:
-    tasks = await run_in_threadpool(ctx.engine.registry.list_tasks)
+    tasks = await run_in_threadpool(ctx.registry.list_tasks)
     return TaskList(tasks=[TaskOut.of(info) for info in tasks])
 
 
 @router.get("/{task:any_task_name}", response_model=TaskOut)
 async def get_prompt(task: str, ctx: AppContext = Depends(get_context)) -> TaskOut:
-    return TaskOut.of(await run_in_threadpool(ctx.engine.registry.get_task, task))
+    return TaskOut.of(await run_in_threadpool(ctx.registry.get_task, task))
 
 
 @router.delete("/{task:any_task_name}", status_code=204)
 async def delete_prompt(task: str, ctx: AppContext = Depends(get_context)) -> Response:
-    await run_in_threadpool(ctx.engine.registry.delete, task)
+    await run_in_threadpool(ctx.registry.delete, task)
     return Response(status_code=204)
 
 
 @router.post("/{task}/activate", response_model=TaskOut)
 async def activate_prompt(task: str, body: ActivateRequest, ctx: AppContext = Depends(get_context)) -> TaskOut:
-    return TaskOut.of(await run_in_threadpool(ctx.engine.registry.activate, task, body.version))
+    return TaskOut.of(await run_in_threadpool(ctx.registry.activate, task, body.version))
 
 
 async def _read_part(form: FormData, name: str) -> bytes:

@@ -39,7 +39,7 @@ router = APIRouter()
 async def list_models(ctx: AppContext = Depends(get_context)) -> ModelList:
     ctx.service.require_loaded()
     base_id = ctx.config.base_model_id
-    tasks = await run_in_threadpool(ctx.engine.registry.list_tasks)
+    tasks = await run_in_threadpool(ctx.registry.list_tasks)
     cards = [ModelCard(id=base_id, root=base_id, parent=None)]
     cards += [ModelCard(id=task.task, root=task.task, parent=base_id) for task in tasks]
     return ModelList(data=cards)

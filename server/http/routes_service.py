@@ -34,5 +34,5 @@ async def metrics(ctx: AppContext = Depends(get_context)) -> Response:
     engine_stats, registry_stats = None, None
     if ctx.service.is_loaded():
         engine_stats = ctx.engine.stats()
-        registry_stats = await run_in_threadpool(ctx.engine.registry.stats)
+        registry_stats = await run_in_threadpool(ctx.registry.stats)
     return Response(ctx.metrics.render(engine_stats, registry_stats), media_type=CONTENT_TYPE)

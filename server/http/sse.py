@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import cast
 
 from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
@@ -54,5 +55,6 @@ class EventStreamResponse(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await self.body_iterator.aclose()
+            # the body is ending_with_done's async generator (starlette types it as any async iterable)
+            await cast(AsyncGenerator[bytes, None], self.body_iterator).aclose()
             self._on_close()

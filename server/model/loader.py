@@ -71,7 +71,8 @@ def load_model_folder(
         )
     except (ValueError, KeyError, OSError) as exc:
         raise ModelLoadError(f"cannot load {model_path} as a causal language model: {exc}") from exc
-    model.to(device).eval().requires_grad_(False)
+    # transformers types `to` through a decorator whose signature mypy reads as taking the model, not the device
+    model.to(device).eval().requires_grad_(False)  # type: ignore[arg-type]
     shape = model_shape(model)
     _check_vocab(tokenizer, shape, model_path)
     return LoadedModel(model=model, tokenizer=tokenizer, model_path=model_path, shape=shape)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
 from prompt_store.model_shape import ModelShape
@@ -14,6 +15,8 @@ def model_shape(model: PreTrainedModel) -> ModelShape:
     num_heads = _first_attr(config, "num_attention_heads", "n_head")
     # GQA/MQA configs name the KV head count; plain multi-head attention has one KV head per query head.
     num_kv_heads = _first_attr(config, "num_key_value_heads", "n_head_kv", default=num_heads)
+    embedding_weight = model.get_input_embeddings().weight
+    assert isinstance(embedding_weight, torch.Tensor)  # an nn.Embedding's (torch types module attributes loosely)
     return ModelShape(
         hidden_size=hidden_size,
         num_layers=_first_attr(config, "num_hidden_layers", "n_layer"),
@@ -21,7 +24,7 @@ def model_shape(model: PreTrainedModel) -> ModelShape:
         # Some models (Gemma, SmolLM2) set head_dim explicitly; it need not be hidden_size / num_heads.
         head_dim=_first_attr(config, "head_dim", default=hidden_size // num_heads),
         # The embedding rows, not config.vocab_size: ids at or above this number address soft-prompt rows.
-        vocab_size=model.get_input_embeddings().weight.shape[0],
+        vocab_size=embedding_weight.shape[0],
         serving_dtype=str(model.dtype).removeprefix("torch."),
     )
 

@@ -99,8 +99,10 @@ def test_non_streaming_client_that_leaves_frees_its_request(server, client):
     body = json.dumps({"inputs": "Once upon a time", "parameters": {"max_new_tokens": LONG}}).encode()
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as raw:  # a client that leaves once its request runs
-        raw.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        raw.sendall(
+            b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
         wait_until(lambda: _gauge(client, "num_requests_running") == 1, timeout_s=20, message="request running")
     wait_until(lambda: _gauge(client, "num_requests_running") == 0, timeout_s=20, message="request cancelled")
     assert _gauge(client, "kv_cache_usage_ratio") == idle_kv

@@ -111,8 +111,22 @@ valid_messages = st.lists(
 )
 
 # Out of range or not the field's type at all.
-HOSTILE_FLOATS = [0.0, -0.0, -5e-324, -1.0, 1.0000001, 2.0000001, 100.5, 1e5, 1e300, 1.7976931348623157e308,
-                  -1.7976931348623157e308, float("nan"), float("inf"), -float("inf")]
+HOSTILE_FLOATS = [
+    0.0,
+    -0.0,
+    -5e-324,
+    -1.0,
+    1.0000001,
+    2.0000001,
+    100.5,
+    1e5,
+    1e300,
+    1.7976931348623157e308,
+    -1.7976931348623157e308,
+    float("nan"),
+    float("inf"),
+    -float("inf"),
+]
 HOSTILE_INTS = [-1, 0, 13, 512, 2**63, 2**64 - 1, 2**64, 10**30, -(2**63), -(10**30)]
 HOSTILE_STRINGS = [
     "",
@@ -124,8 +138,14 @@ HOSTILE_STRINGS = [
     "missing",
 ]
 hostile_scalars = st.one_of(
-    st.none(), st.booleans(), st.sampled_from(HOSTILE_FLOATS), st.floats(), st.sampled_from(HOSTILE_INTS),
-    st.integers(-(2**70), 2**70), st.sampled_from(HOSTILE_STRINGS), st.text(max_size=20),
+    st.none(),
+    st.booleans(),
+    st.sampled_from(HOSTILE_FLOATS),
+    st.floats(),
+    st.sampled_from(HOSTILE_INTS),
+    st.integers(-(2**70), 2**70),
+    st.sampled_from(HOSTILE_STRINGS),
+    st.text(max_size=20),
 )
 hostile = st.recursive(
     hostile_scalars,
@@ -154,19 +174,34 @@ def _bodies(fields: dict[str, st.SearchStrategy], required: tuple[str, ...] = ()
 generate_bodies = _bodies(
     {"inputs": valid_texts, "parameters": _bodies(GENERATE_PARAMETERS), "stream": st.booleans()}, ("inputs",)
 )
-generate_queries = st.fixed_dictionaries({}, optional={
-    "task": st.sampled_from([TASK, TASK, "", "missing", "\ud800", "x" * 300]),
-    "subtask": st.sampled_from(["0", "0", "1", "-1", "99999999999999999999999", "x", "1e400"]),
-})
+generate_queries = st.fixed_dictionaries(
+    {},
+    optional={
+        "task": st.sampled_from([TASK, TASK, "", "missing", "\ud800", "x" * 300]),
+        "subtask": st.sampled_from(["0", "0", "1", "-1", "99999999999999999999999", "x", "1e400"]),
+    },
+)
 completion_bodies = _bodies(
-    OPENAI_FIELDS | {"prompt": st.one_of(valid_texts, st.lists(valid_texts, min_size=1, max_size=1), token_prompts,
-                                         st.lists(token_prompts, min_size=1, max_size=1)),
-                     "max_tokens": st.integers(1, MAX_NEW_TOKENS_LIMIT), "echo": st.booleans()},
+    OPENAI_FIELDS
+    | {
+        "prompt": st.one_of(
+            valid_texts,
+            st.lists(valid_texts, min_size=1, max_size=1),
+            token_prompts,
+            st.lists(token_prompts, min_size=1, max_size=1),
+        ),
+        "max_tokens": st.integers(1, MAX_NEW_TOKENS_LIMIT),
+        "echo": st.booleans(),
+    },
     ("prompt",),
 )
 chat_bodies = _bodies(
-    OPENAI_FIELDS | {"messages": valid_messages, "max_tokens": st.integers(1, MAX_NEW_TOKENS_LIMIT),
-                     "max_completion_tokens": st.integers(1, MAX_NEW_TOKENS_LIMIT)},
+    OPENAI_FIELDS
+    | {
+        "messages": valid_messages,
+        "max_tokens": st.integers(1, MAX_NEW_TOKENS_LIMIT),
+        "max_completion_tokens": st.integers(1, MAX_NEW_TOKENS_LIMIT),
+    },
     ("messages",),
 )
 

@@ -35,9 +35,15 @@ def _byte_level_bpe() -> PreTrainedTokenizerFast:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.train_from_iterator(CORPUS, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
+    tokenizer.train_from_iterator(
+        CORPUS,
+        trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=["<eos>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>")
 
 
@@ -45,10 +51,12 @@ def _metaspace_byte_fallback_bpe() -> PreTrainedTokenizerFast:
     """Llama-2 style: '▁' for spaces, unknown characters as <0xNN> byte tokens, the first space stripped."""
     tokenizer = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
     tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tokenizer.decoder = decoders.Sequence([
-        decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
-    tokenizer.train_from_iterator(CORPUS, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<unk>", "<eos>"], show_progress=False))
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    tokenizer.train_from_iterator(
+        CORPUS, trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<eos>"], show_progress=False)
+    )
     # the 256 byte tokens are ordinary vocabulary (as in Llama's), not special tokens that decoding would skip
     spec = json.loads(tokenizer.to_str())
     vocab = spec["model"]["vocab"]
@@ -88,7 +96,7 @@ def _expected(tokenizer, prompt_ids: list[int], generated_ids: list[int]) -> str
     full = _decode(tokenizer, prompt_ids + generated_ids)
     prompt = _decode(tokenizer, prompt_ids)
     assert full.startswith(prompt)
-    return full[len(prompt):]
+    return full[len(prompt) :]
 
 
 _chars = st.sampled_from(list("ab Zé\nü.,") + ["世", "界", "你", "🙂", "😀", "🎉", "☃", "\u0301", "\u200d", "ß", "日"])

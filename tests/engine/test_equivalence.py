@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.reference import base_greedy, peft_greedy
 from tests.support.engine import make_engine, request, run_to_completion, upload_folder
+from tests.support.reference import base_greedy, peft_greedy
 
 MAX_NEW = 10
 PROMPTS = ["The capital of France is", "Once upon a time, in a land far", "1 2 3", "Hello"]
@@ -14,8 +14,11 @@ ADAPTERS = [
     ("pt-random", "PROMPT_TUNING", dict(num_virtual_tokens=5)),
     ("pt-text", "PROMPT_TUNING", dict(num_virtual_tokens=8, prompt_tuning_init="TEXT")),
     ("ptune-mlp", "P_TUNING", dict(num_virtual_tokens=6, encoder_hidden_size=32)),
-    ("ptune-lstm", "P_TUNING", dict(num_virtual_tokens=7, encoder_hidden_size=32,
-                                    encoder_reparameterization_type="LSTM")),
+    (
+        "ptune-lstm",
+        "P_TUNING",
+        dict(num_virtual_tokens=7, encoder_hidden_size=32, encoder_reparameterization_type="LSTM"),
+    ),
     ("prefix", "PREFIX_TUNING", dict(num_virtual_tokens=9)),
     ("prefix-proj", "PREFIX_TUNING", dict(num_virtual_tokens=4, prefix_projection=True, encoder_hidden_size=32)),
     ("multitask", "MULTITASK_PROMPT_TUNING", dict(num_virtual_tokens=6, num_tasks=3)),

@@ -23,13 +23,16 @@ PROMPTS = ["The capital of France is", "Once upon a time", "1 2 3"]
 
 @pytest.fixture(scope="module")
 def adapters(tiny_llama_dir, adapter_factory):
-    return {"pt": adapter_factory(tiny_llama_dir, "PROMPT_TUNING", num_virtual_tokens=5),
-            "prefix": adapter_factory(tiny_llama_dir, "PREFIX_TUNING", num_virtual_tokens=6)}
+    return {
+        "pt": adapter_factory(tiny_llama_dir, "PROMPT_TUNING", num_virtual_tokens=5),
+        "prefix": adapter_factory(tiny_llama_dir, "PREFIX_TUNING", num_virtual_tokens=6),
+    }
 
 
 @pytest.fixture(scope="module")
 def expected(tiny_llama_dir, adapters):
     from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     ids = [tokenizer(text).input_ids for text in PROMPTS]
     tokens = {(None, i): base_greedy(tiny_llama_dir, ids[i], MAX_NEW) for i in range(len(PROMPTS))}
@@ -67,8 +70,9 @@ def test_a_run_that_raises_fails_only_the_request_at_fault(tiny_llama_dir, adapt
         upload_folder(engine, task, path)
     marked_ids = engine.tokenizer(f"{MARKER} and then some").input_ids
     handles = _submit_everyone(engine, ids)
-    culprits = [engine.add_request(request(f"bad-{task}", marked_ids, MAX_NEW, task=task))
-                for task in (None, "pt", "prefix")]
+    culprits = [
+        engine.add_request(request(f"bad-{task}", marked_ids, MAX_NEW, task=task)) for task in (None, "pt", "prefix")
+    ]
     run_to_completion(engine)
     for handle in culprits:
         tokens, _, last = handle.result(timeout=0)
@@ -80,7 +84,8 @@ def test_a_run_that_raises_fails_only_the_request_at_fault(tiny_llama_dir, adapt
 
 
 def test_a_failed_prompt_computation_fails_that_prompts_requests_and_is_recomputed_later(
-        tiny_llama_dir, adapters, expected):
+    tiny_llama_dir, adapters, expected
+):
     ids, expected_tokens = expected
     engine = make_engine(tiny_llama_dir, block_size=4)
     upload_folder(engine, "pt", adapters["pt"])
@@ -129,8 +134,9 @@ class RecordingStorage(PromptStorage):
 def _cold_engine(tiny_llama_dir, tmp_path, adapters):
     """Every task uploaded to a store on disk, then pushed out of the host tier (it holds one version)."""
     storage = RecordingStorage(tmp_path / "store")
-    engine = make_engine(tiny_llama_dir, StoreConfig(directory=tmp_path / "store", host_cache_tasks=1), storage,
-                         block_size=4)
+    engine = make_engine(
+        tiny_llama_dir, StoreConfig(directory=tmp_path / "store", host_cache_tasks=1), storage, block_size=4
+    )
     for task, path in adapters.items():
         upload_folder(engine, task, path)
     upload_folder(engine, "filler", adapters["pt"])  # the host tier now holds only this one
@@ -157,8 +163,9 @@ def test_a_damaged_version_fails_its_requests_alone(tiny_llama_dir, tmp_path, ad
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0x01  # one bit of one value: same size, still a valid safetensors file, wrong checksum
     weights.write_bytes(bytes(data))
-    doomed = [engine.add_request(request(f"prefix-{i}", prompt, MAX_NEW, task="prefix"))
-              for i, prompt in enumerate(ids)]
+    doomed = [
+        engine.add_request(request(f"prefix-{i}", prompt, MAX_NEW, task="prefix")) for i, prompt in enumerate(ids)
+    ]
     bystanders = {}
     for task in (None, "pt"):
         for i, prompt in enumerate(ids):

@@ -7,12 +7,11 @@ import functools
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from transformers import AutoTokenizer
 
 from server.engine.request import FinishReason
-from tests.support.reference import base_greedy, peft_greedy
 from tests.support.engine import make_engine, request, run_to_completion, upload_folder
+from tests.support.reference import base_greedy, peft_greedy
 
 MAX_NEW = 6
 PROMPTS = ["The capital of France is", "Once upon a time", "1 2 3 4 5 6", "Hi"]
@@ -31,7 +30,7 @@ def world(tiny_llama_dir, adapter_factory):
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     prompt_ids = [tokenizer(p).input_ids for p in PROMPTS]
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def expected(content: int | None, prompt: int) -> tuple[int, ...]:
         if content is None:
             return tuple(base_greedy(tiny_llama_dir, prompt_ids[prompt], MAX_NEW))
@@ -81,7 +80,9 @@ _events = st.lists(
         st.tuples(st.just("abort"), st.integers(0, 30), st.just(0)),
         st.tuples(st.just("step"), st.integers(1, 3), st.just(0)),
     ),
-    min_size=4, max_size=30)
+    min_size=4,
+    max_size=30,
+)
 
 
 @pytest.mark.slow  # 25 random schedules, each checked against PEFT
@@ -111,7 +112,7 @@ def test_random_interleavings_never_mix_prompts(world, events):
         tokens, _, last = handle.result(timeout=5)
         want = expected(content, prompt)
         if last.finish_reason is FinishReason.ABORTED:
-            assert tuple(tokens) == want[:len(tokens)], f"{handle.request_id} diverged before its abort"
+            assert tuple(tokens) == want[: len(tokens)], f"{handle.request_id} diverged before its abort"
         else:
             assert tuple(tokens) == want, f"{handle.request_id} got another prompt's tokens"
     assert engine.registry.stats().num_pinned_versions == 0

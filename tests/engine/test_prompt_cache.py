@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prompt_store.model_shape import ModelShape
 from kernels.paged_attention_reference import context_slots
+from prompt_store.model_shape import ModelShape
 from prompt_store.registry import PromptRegistry
 from prompt_store.spec import PromptKind
 from server.config import StoreConfig
@@ -32,14 +32,20 @@ def peft_files(tmp_path, peft_type: str, num_virtual_tokens: int, seed: int = 0,
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
-    """Tasks: pt5/pt6/pt7 (prompt tuning, 5/6/7 virtual tokens), prefix7/prefix9 (prefix tuning), multi (3 sub-tasks)."""
+    """Tasks: pt5/pt6/pt7 (prompt tuning, 5/6/7 virtual tokens), prefix7/prefix9 (prefix tuning),
+    multi (3 sub-tasks)."""
     tmp = tmp_path_factory.mktemp("peft")
     reg = PromptRegistry(SHAPE, StoreConfig(), "tiny-base", None)
-    for seed, (task, peft_type, p, options) in enumerate([
-        ("pt5", "PROMPT_TUNING", 5, {}), ("pt6", "PROMPT_TUNING", 6, {}), ("pt7", "PROMPT_TUNING", 7, {}),
-        ("prefix7", "PREFIX_TUNING", 7, {}), ("prefix9", "PREFIX_TUNING", 9, {}),
-        ("multi", "MULTITASK_PROMPT_TUNING", 3, {"num_tasks": 3, "num_ranks": 2}),
-    ]):
+    for seed, (task, peft_type, p, options) in enumerate(
+        [
+            ("pt5", "PROMPT_TUNING", 5, {}),
+            ("pt6", "PROMPT_TUNING", 6, {}),
+            ("pt7", "PROMPT_TUNING", 7, {}),
+            ("prefix7", "PREFIX_TUNING", 7, {}),
+            ("prefix9", "PREFIX_TUNING", 9, {}),
+            ("multi", "MULTITASK_PROMPT_TUNING", 3, {"num_tasks": 3, "num_ranks": 2}),
+        ]
+    ):
         reg.upload(task, *peft_files(tmp, peft_type, p, seed, **options))
     return reg
 

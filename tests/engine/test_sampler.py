@@ -104,9 +104,17 @@ def test_top_p_with_one_dominant_token_keeps_just_it():
     assert _survivors(filter_top_p(logits, 0.9)) == {0}
 
 
-@pytest.mark.parametrize("temperature, top_k, top_p", [
-    (1.0, 0, 1.0), (0.7, 0, 1.0), (1.5, 5, 1.0), (0.8, 0, 0.9), (1.3, 10, 0.7), (0.5, 3, 0.5),
-])
+@pytest.mark.parametrize(
+    "temperature, top_k, top_p",
+    [
+        (1.0, 0, 1.0),
+        (0.7, 0, 1.0),
+        (1.5, 5, 1.0),
+        (0.8, 0, 0.9),
+        (1.3, 10, 0.7),
+        (0.5, 3, 0.5),
+    ],
+)
 def test_sampling_distribution_matches_transformers(monkeypatch, temperature, top_k, top_p):
     """The probabilities handed to multinomial are HF's: temperature, then top-k, then top-p, then softmax."""
     captured = []
@@ -201,19 +209,22 @@ def _bad_rows() -> torch.Tensor:
     return torch.stack([nan_row, all_nan, pos_inf, neg_inf, mixed, huge, finite])
 
 
-@pytest.mark.parametrize("params", [
-    SamplingParams(do_sample=True),
-    SamplingParams(do_sample=True, temperature=0.5, top_k=3, top_p=0.9),
-    SamplingParams(do_sample=True, temperature=1e-300),
-    SamplingParams(do_sample=True, temperature=5e-324),
-    SamplingParams(do_sample=True, temperature=1e300),
-    SamplingParams(do_sample=True, top_p=1e-300),
-    SamplingParams(do_sample=True, top_k=2**70),
-    SamplingParams(do_sample=True, repetition_penalty=1e-300),
-    SamplingParams(do_sample=True, repetition_penalty=1e300),
-    SamplingParams(repetition_penalty=1e-300),
-    SamplingParams(),
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(do_sample=True),
+        SamplingParams(do_sample=True, temperature=0.5, top_k=3, top_p=0.9),
+        SamplingParams(do_sample=True, temperature=1e-300),
+        SamplingParams(do_sample=True, temperature=5e-324),
+        SamplingParams(do_sample=True, temperature=1e300),
+        SamplingParams(do_sample=True, top_p=1e-300),
+        SamplingParams(do_sample=True, top_k=2**70),
+        SamplingParams(do_sample=True, repetition_penalty=1e-300),
+        SamplingParams(do_sample=True, repetition_penalty=1e300),
+        SamplingParams(repetition_penalty=1e-300),
+        SamplingParams(),
+    ],
+)
 def test_no_logits_and_no_parameters_make_the_sampler_raise(monkeypatch, params):
     _spy_multinomial(monkeypatch)
     logits = _bad_rows()
@@ -269,8 +280,14 @@ def test_a_huge_top_k_is_no_filter():
 def test_broken_rows_leave_greedy_and_sampled_neighbours_as_they_were():
     good = _random_logits(24, rows=4, vocab=VOCAB)
     batch = torch.cat([good[:2], _bad_rows()[:2], good[2:]])
-    params = [SamplingParams(), SamplingParams(do_sample=True, seed=1), SamplingParams(do_sample=True),
-              SamplingParams(), SamplingParams(), SamplingParams(do_sample=True, seed=2)]
+    params = [
+        SamplingParams(),
+        SamplingParams(do_sample=True, seed=1),
+        SamplingParams(do_sample=True),
+        SamplingParams(),
+        SamplingParams(),
+        SamplingParams(do_sample=True, seed=2),
+    ]
     gens = [None, _generator(1), _generator(9), None, None, _generator(2)]
     chosen = sample(batch.clone(), params, [[]] * 6, gens)
     assert chosen[0] == int(good[0].argmax()) and chosen[4] == int(good[2].argmax())
@@ -287,10 +304,18 @@ def test_batched_filters_equal_the_row_by_row_ones():
         assert _survivors(batched[i]) == _survivors(filter_top_p(filter_top_k(logits[i].clone(), ks[i]), ps[i]))
 
 
-@pytest.mark.parametrize("values", [
-    {"temperature": float("nan"), "do_sample": True}, {"temperature": float("inf")}, {"top_p": float("nan")},
-    {"repetition_penalty": float("inf")}, {"repetition_penalty": float("nan")}, {"seed": 2**63}, {"seed": -1},
-])
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"temperature": float("nan"), "do_sample": True},
+        {"temperature": float("inf")},
+        {"top_p": float("nan")},
+        {"repetition_penalty": float("inf")},
+        {"repetition_penalty": float("nan")},
+        {"seed": 2**63},
+        {"seed": -1},
+    ],
+)
 def test_sampling_params_refuse_what_the_sampler_cannot_take(values):
     with pytest.raises(ValueError):
         SamplingParams(**values)

@@ -50,7 +50,8 @@ def registry(tmp_path_factory):
     for seed, (task, (peft_type, p, options)) in enumerate(TASKS.items()):
         reg.upload(task, *adapter_files(root / task, SHAPE, peft_type, p, seed, **options))
     reg.spare_files = {  # a second version of pt4, for tests that upload it
-        "pt4": adapter_files(root / "pt4-v2", SHAPE, "PROMPT_TUNING", 4, seed=50)}
+        "pt4": adapter_files(root / "pt4-v2", SHAPE, "PROMPT_TUNING", 4, seed=50)
+    }
     return reg
 
 
@@ -72,18 +73,31 @@ def _fake_token(seq: Sequence) -> int:
 class Sim:
     """A scheduler over a real BlockManager / PromptCache / KVCache / PromptTable, stepped without a model."""
 
-    def __init__(self, registry: PromptRegistry, *, num_blocks: int = 64, block_size: int = 4,
-                 max_num_seqs: int = 8, max_num_batched_tokens: int = 32, prompt_table_rows: int = 64,
-                 max_model_len: int | None = None):
+    def __init__(
+        self,
+        registry: PromptRegistry,
+        *,
+        num_blocks: int = 64,
+        block_size: int = 4,
+        max_num_seqs: int = 8,
+        max_num_batched_tokens: int = 32,
+        prompt_table_rows: int = 64,
+        max_model_len: int | None = None,
+    ):
         self.registry = registry
         self.max_model_len = max_model_len  # as LLMEngine: virtual + own tokens; None: no cap
-        self.config = EngineConfig(block_size=block_size, num_kv_blocks=num_blocks, max_num_seqs=max_num_seqs,
-                                   max_num_batched_tokens=max_num_batched_tokens,
-                                   prompt_table_rows=prompt_table_rows)
+        self.config = EngineConfig(
+            block_size=block_size,
+            num_kv_blocks=num_blocks,
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            prompt_table_rows=prompt_table_rows,
+        )
         self.block_manager = BlockManager(num_blocks, block_size)
         self.prompt_table = PromptTable(prompt_table_rows, SHAPE.hidden_size, CPU, torch.float32)
-        self.prompt_cache = PromptCache(registry, self.block_manager,
-                                        KVCache(SHAPE, num_blocks, block_size, CPU, torch.float32), self.prompt_table)
+        self.prompt_cache = PromptCache(
+            registry, self.block_manager, KVCache(SHAPE, num_blocks, block_size, CPU, torch.float32), self.prompt_table
+        )
         self.scheduler = Scheduler(self.config, self.block_manager, self.prompt_cache, VOCAB)
         self.arrivals: list[Sequence] = []
         self.first_admitted: list[Sequence] = []
@@ -92,13 +106,23 @@ class Sim:
     # ---- requests ----
     def add(self, prompt_len: int, task: str | None = None, max_new_tokens: int = 4, subtask: int = 0) -> Sequence:
         prompt = tuple((len(self.arrivals) * 13 + i) % VOCAB for i in range(prompt_len))
-        request = GenerationRequest(request_id=f"r{len(self.arrivals)}", prompt_token_ids=prompt,
-                                    sampling=SamplingParams(max_new_tokens=max_new_tokens), task=task,
-                                    subtask=subtask)
+        request = GenerationRequest(
+            request_id=f"r{len(self.arrivals)}",
+            prompt_token_ids=prompt,
+            sampling=SamplingParams(max_new_tokens=max_new_tokens),
+            task=task,
+            subtask=subtask,
+        )
         task_ref = self.registry.pin(task, subtask) if task is not None else None
-        seq = Sequence(request=request, task_ref=task_ref,
-                       detokenizer=IncrementalDetokenizer(_Tokenizer(), prompt), stop_matcher=StopStringMatcher(()),
-                       generator=None, token_ids=list(prompt), max_model_len=self.max_model_len)
+        seq = Sequence(
+            request=request,
+            task_ref=task_ref,
+            detokenizer=IncrementalDetokenizer(_Tokenizer(), prompt),
+            stop_matcher=StopStringMatcher(()),
+            generator=None,
+            token_ids=list(prompt),
+            max_model_len=self.max_model_len,
+        )
         self.scheduler.add(seq)
         self.arrivals.append(seq)
         return seq
@@ -150,7 +174,7 @@ class Sim:
         assert all(id(c.seq) in position for c in seq_chunks)
         assert [position[id(c.seq)] for c in seq_chunks] == sorted(position[id(c.seq)] for c in seq_chunks)
         newly = [s for s in sched.running if all(s is not r for r in running_before)]
-        assert sched.running[len(sched.running) - len(newly):] == newly
+        assert sched.running[len(sched.running) - len(newly) :] == newly
         if out.preempted:
             assert not newly, "admitted a sequence in a step that preempted one"
         for seq in newly:
@@ -170,8 +194,9 @@ class Sim:
 
     def _check_fcfs(self, seq: Sequence) -> None:
         earlier = self.arrivals[: next(i for i, s in enumerate(self.arrivals) if s is seq)]
-        skipped = [s for s in earlier if s.num_computed == 0 and s.status is SequenceStatus.WAITING
-                   and not s.num_preemptions]
+        skipped = [
+            s for s in earlier if s.num_computed == 0 and s.status is SequenceStatus.WAITING and not s.num_preemptions
+        ]
         assert not skipped, "admitted ahead of an earlier request (not first-come-first-served)"
         self.first_admitted.append(seq)
 
@@ -182,7 +207,7 @@ class Sim:
         # a chunk covers the next rows after what earlier steps computed (postprocess has not advanced it yet)
         start = entry.num_materialized
         assert c.num_tokens > 0 and start + c.num_tokens <= entry.prefix_len
-        assert c.token_ids == tuple(VOCAB + row for row in entry.row_ids[start:start + c.num_tokens])
+        assert c.token_ids == tuple(VOCAB + row for row in entry.row_ids[start : start + c.num_tokens])
         assert c.own_blocks == tuple(entry.prefix_blocks) and c.prefix_blocks == () and c.prefix_len == 0
         assert c.start_position == start and c.own_start == start and not c.needs_logits
         assert self.prompt_cache._entries.get(entry.key) is entry
@@ -199,7 +224,7 @@ class Sim:
         else:
             assert c.prefix_blocks == () and c.prefix_len == 0
         assert c.own_start == seq.num_computed
-        assert c.token_ids == tuple(seq.token_ids[c.own_start:c.own_len])
+        assert c.token_ids == tuple(seq.token_ids[c.own_start : c.own_len])
         assert c.start_position == c.prefix_len + c.own_start
         assert c.own_blocks == tuple(seq.own_blocks)
         assert len(c.own_blocks) * self.config.block_size >= c.own_len
@@ -251,6 +276,7 @@ def _materializations(out: SchedulerOutput) -> list[MaterializationChunk]:
 
 
 # ---- budget, order, admission ----
+
 
 def test_running_sequences_are_scheduled_before_waiting_ones_under_the_budget(sim):
     s = sim(max_num_batched_tokens=8)
@@ -310,6 +336,7 @@ def test_max_num_seqs_caps_the_running_batch(sim):
 
 
 # ---- prompt-tuning materialization ----
+
 
 def test_prompt_materialization_is_scheduled_once_per_task_version(sim):
     s = sim(max_num_batched_tokens=32)
@@ -372,6 +399,7 @@ def test_multitask_sub_tasks_are_materialized_separately(sim):
 
 # ---- shared prefix blocks ----
 
+
 def test_prefix_blocks_are_held_once_for_all_sequences_of_a_task(sim):
     s = sim(num_blocks=64, block_size=4, max_num_batched_tokens=64)
     seqs = [s.add(5 + i, task="prefix8", max_new_tokens=5) for i in range(4)]
@@ -390,6 +418,7 @@ def test_prefix_blocks_are_held_once_for_all_sequences_of_a_task(sim):
 
 
 # ---- eviction and preemption ----
+
 
 def _fill_pool(s: Sim, num_seqs: int, prompt_len: int, max_new_tokens: int = 20) -> list[Sequence]:
     seqs = [s.add(prompt_len, max_new_tokens=max_new_tokens) for _ in range(num_seqs)]
@@ -480,6 +509,7 @@ def test_aborting_a_waiting_sequence_that_holds_a_prompt_drops_it(sim):
 
 # ---- known limits ----
 
+
 def test_a_prompt_longer_than_the_token_budget_still_respects_the_budget(sim):
     """pt6's materialization chunk is 6 tokens; with a 4-token budget the step must not carry all 6 at once."""
     s = sim(max_num_batched_tokens=4)
@@ -526,11 +556,18 @@ _request = st.tuples(
     requests=st.lists(_request, min_size=1, max_size=14),
     aborts=st.lists(st.tuples(st.integers(0, 30), st.integers(0, 13)), max_size=3),
 )
-def test_random_workloads_keep_every_invariant_and_finish(registry, block_size, num_blocks, max_num_seqs, budget,
-                                                          requests, aborts):
+def test_random_workloads_keep_every_invariant_and_finish(
+    registry, block_size, num_blocks, max_num_seqs, budget, requests, aborts
+):
     max_model_len = (num_blocks // 2) * block_size  # what LLMEngine allows a sequence, virtual tokens included
-    s = Sim(registry, num_blocks=num_blocks, block_size=block_size, max_num_seqs=max_num_seqs,
-            max_num_batched_tokens=budget, max_model_len=max_model_len)
+    s = Sim(
+        registry,
+        num_blocks=num_blocks,
+        block_size=block_size,
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=budget,
+        max_model_len=max_model_len,
+    )
     try:
         by_step: dict[int, list] = {}
         for arrival, prompt_len, task, max_new in requests:
@@ -559,8 +596,10 @@ def test_random_workloads_keep_every_invariant_and_finish(registry, block_size, 
             if seq.request_id not in aborted:
                 assert seq.finish_reason is FinishReason.LENGTH
                 num_virtual = seq.task_ref.num_virtual_tokens if seq.task_ref is not None else 0
-                assert seq.num_generated == seq.request.sampling.max_new_tokens \
+                assert (
+                    seq.num_generated == seq.request.sampling.max_new_tokens
                     or num_virtual + len(seq.token_ids) == max_model_len
+                )
         assert all(e.num_users == 0 for e in s.prompt_cache._entries.values())
         assert s.block_manager.num_free == s.block_manager.num_blocks - s.prompt_cache.num_blocks
     finally:

@@ -160,7 +160,7 @@ def test_one_character_at_a_time_holds_back_only_possible_stop_prefixes(text, st
         emitted += matcher.take(final=matcher.is_stopped)
         if matcher.is_stopped:
             break
-        held = matcher.text[len(emitted):]
+        held = matcher.text[len(emitted) :]
         # what is held back is the start of some stop string (or nothing)
         assert held == "" or any(s.startswith(held) for s in stops)
 
@@ -171,6 +171,7 @@ def test_work_per_token_is_bounded_by_the_new_text_and_the_longest_stop_string(m
     from server.engine import stop_strings
 
     scanned = []
+
     def recording(real):
         return lambda text, stops: scanned.append(len(text)) or real(text, stops)
 

@@ -78,20 +78,38 @@ class PagedBatch:
     scale: float
 
     def args(self) -> tuple:
-        return (self.query, self.k_cache, self.v_cache, self.block_tables, self.prefix_lens, self.own_lens,
-                self.query_start_loc, self.scale)
+        return (
+            self.query,
+            self.k_cache,
+            self.v_cache,
+            self.block_tables,
+            self.prefix_lens,
+            self.own_lens,
+            self.query_start_loc,
+            self.scale,
+        )
 
     def metadata(self, plan: AttentionPlan | None = None) -> PagedAttentionMetadata:
         """What the engine's step builds for this batch, the routing counts read back from `query_start_loc`."""
-        return PagedAttentionMetadata.from_tensors(self.block_tables, self.prefix_lens, self.own_lens,
-                                                   self.query_start_loc, plan)
+        return PagedAttentionMetadata.from_tensors(
+            self.block_tables, self.prefix_lens, self.own_lens, self.query_start_loc, plan
+        )
 
     def poisoned_out(self) -> torch.Tensor:
         return torch.full_like(self.query, NAN)
 
 
-def make_paged_batch(seqs: list[SeqSpec], task_prefix_lens: list[int], *, block_size: int, num_kv_heads: int,
-                     group: int, head_dim: int, dtype=torch.float32, seed: int = 0) -> PagedBatch:
+def make_paged_batch(
+    seqs: list[SeqSpec],
+    task_prefix_lens: list[int],
+    *,
+    block_size: int,
+    num_kv_heads: int,
+    group: int,
+    head_dim: int,
+    dtype=torch.float32,
+    seed: int = 0,
+) -> PagedBatch:
     """A random packed batch over a shuffled block pool. Every cache slot no sequence owns (spare blocks, the tails
     of part-filled blocks) and every unused block-table entry holds NaN, so reading one shows in the output."""
     gen = torch.Generator().manual_seed(seed)
@@ -133,7 +151,7 @@ def make_paged_batch(seqs: list[SeqSpec], task_prefix_lens: list[int], *, block_
         prefix_lens=torch.tensor([task_prefix_lens[s.task] for s in seqs], dtype=torch.int32),
         own_lens=torch.tensor([s.own_len for s in seqs], dtype=torch.int32),
         query_start_loc=torch.tensor(starts, dtype=torch.int32),
-        scale=head_dim ** -0.5,
+        scale=head_dim**-0.5,
     )
 
 
@@ -170,14 +188,17 @@ SCENARIOS = {
 @pytest.fixture
 def make_batch():
     """make_batch(scenario, block_size=, num_kv_heads=, group=, head_dim=, dtype=, seed=) -> PagedBatch"""
+
     def make(scenario: str, **dims) -> PagedBatch:
         task_prefix_lens, seqs = SCENARIOS[scenario]
         return make_paged_batch(seqs, task_prefix_lens, **dims)
+
     return make
 
 
-def naive_paged_attention(query, k_cache, v_cache, block_tables, prefix_lens, own_lens, query_start_loc,
-                          scale) -> torch.Tensor:
+def naive_paged_attention(
+    query, k_cache, v_cache, block_tables, prefix_lens, own_lens, query_start_loc, scale
+) -> torch.Tensor:
     """The contract spelled out one token and one head at a time, in float64; rows of no sequence stay NaN."""
     out = torch.full(query.shape, NAN, dtype=torch.float64)
     block_size = k_cache.shape[1]

@@ -37,13 +37,17 @@ def naive_embedding_gather(token_ids, embedding, prompt_rows) -> torch.Tensor:
 EXACT = dict(atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("dtype, prompt_dtype, hidden, tolerance", [
-    (torch.float32, torch.float32, 13, EXACT),
-    (torch.float16, torch.float32, 1030, EXACT),  # two column tiles of 1024
-    (torch.bfloat16, torch.bfloat16, 24, EXACT),
-    (torch.bfloat16, torch.float32, 24, dict(atol=0, rtol=2 ** -7)),
-    (torch.float32, torch.float16, 7, EXACT),
-], ids=str)
+@pytest.mark.parametrize(
+    "dtype, prompt_dtype, hidden, tolerance",
+    [
+        (torch.float32, torch.float32, 13, EXACT),
+        (torch.float16, torch.float32, 1030, EXACT),  # two column tiles of 1024
+        (torch.bfloat16, torch.bfloat16, 24, EXACT),
+        (torch.bfloat16, torch.float32, 24, dict(atol=0, rtol=2**-7)),
+        (torch.float32, torch.float16, 7, EXACT),
+    ],
+    ids=str,
+)
 def test_triton_matches_reference(dtype, prompt_dtype, hidden, tolerance):
     token_ids, embedding, prompt_rows = _inputs(29, hidden, 11, dtype, prompt_dtype)
     out = torch.full((29, hidden), float("nan"), dtype=dtype)
@@ -76,31 +80,40 @@ def test_ids_outside_both_tables_read_nothing():
 @pytest.mark.parametrize("dtype, prompt_dtype", [(torch.float32, torch.float32), (torch.float16, torch.float32)])
 def test_reference_matches_naive(dtype, prompt_dtype):
     token_ids, embedding, prompt_rows = _inputs(31, 9, 6, dtype, prompt_dtype, seed=4)
-    torch.testing.assert_close(embedding_gather_reference(token_ids, embedding, prompt_rows),
-                               naive_embedding_gather(token_ids, embedding, prompt_rows), **EXACT)
+    torch.testing.assert_close(
+        embedding_gather_reference(token_ids, embedding, prompt_rows),
+        naive_embedding_gather(token_ids, embedding, prompt_rows),
+        **EXACT,
+    )
 
 
 def test_dispatcher_runs_the_reference_for_cpu_tensors(monkeypatch):
     monkeypatch.setattr(module, "embedding_gather_triton", lambda *a, **k: pytest.fail("CPU went to Triton"))
     token_ids, embedding, prompt_rows = _inputs(5, 4, 2, torch.float32)
-    torch.testing.assert_close(embedding_gather(token_ids, embedding, prompt_rows),
-                               embedding_gather_reference(token_ids, embedding, prompt_rows), **EXACT)
+    torch.testing.assert_close(
+        embedding_gather(token_ids, embedding, prompt_rows),
+        embedding_gather_reference(token_ids, embedding, prompt_rows),
+        **EXACT,
+    )
 
 
 def _good():
     return dict(zip(("token_ids", "embedding", "prompt_rows"), _inputs(6, 8, 2, torch.float32)))
 
 
-@pytest.mark.parametrize("arg, breaks, message", [
-    ("token_ids", lambda t: t[None], "token_ids must be"),
-    ("token_ids", lambda t: t.float(), "token_ids must be"),
-    ("embedding", lambda t: t[0], "embedding must be"),
-    ("embedding", lambda t: t.long(), "embedding must be"),
-    ("prompt_rows", lambda t: t[:, :5], "hidden size"),
-    ("prompt_rows", lambda t: t.to("meta"), "one device"),
-    ("out", lambda t: torch.empty(6, 7), "out must be"),
-    ("out", lambda t: torch.empty(6, 8, dtype=torch.float16), "out must be"),
-])
+@pytest.mark.parametrize(
+    "arg, breaks, message",
+    [
+        ("token_ids", lambda t: t[None], "token_ids must be"),
+        ("token_ids", lambda t: t.float(), "token_ids must be"),
+        ("embedding", lambda t: t[0], "embedding must be"),
+        ("embedding", lambda t: t.long(), "embedding must be"),
+        ("prompt_rows", lambda t: t[:, :5], "hidden size"),
+        ("prompt_rows", lambda t: t.to("meta"), "one device"),
+        ("out", lambda t: torch.empty(6, 7), "out must be"),
+        ("out", lambda t: torch.empty(6, 8, dtype=torch.float16), "out must be"),
+    ],
+)
 def test_launcher_rejects_bad_arguments(arg, breaks, message):
     kwargs = _good()
     kwargs[arg] = breaks(kwargs.get(arg))

@@ -62,15 +62,33 @@ def test_attention_kernels_compile(dtype, index_dtype):
     pointers = {name: f"*{index_dtype}" for name in INDEX_POINTERS}
     pointers |= {name: f"*{dtype}" for name in ("query_ptr", "k_cache_ptr", "v_cache_ptr", "out_ptr")}
     precision = "ieee" if dtype == "fp32" else "tf32"
-    _compile(_paged_decode_attention_kernel, pointers,
-             dict(GROUP=3, BLOCK_G=16, BLOCK_D=64, BLOCK_N=32, DOT_PRECISION=precision))
-    _compile(_paged_prefill_attention_kernel, pointers,
-             dict(GROUP=3, BLOCK_Q=21, BLOCK_M=64, BLOCK_D=64, BLOCK_N=32, MIN_QUERIES=2, DOT_PRECISION=precision))
+    _compile(
+        _paged_decode_attention_kernel,
+        pointers,
+        dict(GROUP=3, BLOCK_G=16, BLOCK_D=64, BLOCK_N=32, DOT_PRECISION=precision),
+    )
+    _compile(
+        _paged_prefill_attention_kernel,
+        pointers,
+        dict(GROUP=3, BLOCK_Q=21, BLOCK_M=64, BLOCK_D=64, BLOCK_N=32, MIN_QUERIES=2, DOT_PRECISION=precision),
+    )
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_copy_kernels_compile(dtype):
-    _compile(_kv_write_kernel, dict(key_ptr="*fp32", value_ptr="*fp32", k_cache_ptr=f"*{dtype}",
-                                    v_cache_ptr=f"*{dtype}", slot_mapping_ptr="*i64"), dict(BLOCK_ELEMENTS=256))
-    _compile(_embedding_gather_kernel, dict(token_ids_ptr="*i64", embedding_ptr=f"*{dtype}",
-                                            prompt_rows_ptr="*fp32", out_ptr=f"*{dtype}"), dict(BLOCK_HIDDEN=1024))
+    _compile(
+        _kv_write_kernel,
+        dict(
+            key_ptr="*fp32",
+            value_ptr="*fp32",
+            k_cache_ptr=f"*{dtype}",
+            v_cache_ptr=f"*{dtype}",
+            slot_mapping_ptr="*i64",
+        ),
+        dict(BLOCK_ELEMENTS=256),
+    )
+    _compile(
+        _embedding_gather_kernel,
+        dict(token_ids_ptr="*i64", embedding_ptr=f"*{dtype}", prompt_rows_ptr="*fp32", out_ptr=f"*{dtype}"),
+        dict(BLOCK_HIDDEN=1024),
+    )

@@ -44,12 +44,22 @@ def _project() -> dict:
 def test_our_package_has_no_version_attribute():
     assert not hasattr(kernels, "__version__"), (
         "kernels.__version__ is what transformers reads for an uninstalled source tree: with a value in "
-        f"{HUB_RANGE} it takes our package for the Hub `kernels`. Put versions in pyproject.toml only.")
+        f"{HUB_RANGE} it takes our package for the Hub `kernels`. Put versions in pyproject.toml only."
+    )
 
 
 def test_our_package_offers_none_of_the_hub_api():
-    hub_names = {"get_kernel", "kernelize", "LayerRepository", "register_kernel_mapping", "use_kernel_mapping",
-                 "use_kernel_forward_from_hub", "replace_kernel_forward_from_hub", "Mode", "Device"}
+    hub_names = {
+        "get_kernel",
+        "kernelize",
+        "LayerRepository",
+        "register_kernel_mapping",
+        "use_kernel_mapping",
+        "use_kernel_forward_from_hub",
+        "replace_kernel_forward_from_hub",
+        "Mode",
+        "Device",
+    }
     assert not hub_names & set(vars(kernels)), "a Hub `kernels` name on our package invites mix-ups"
 
 
@@ -58,7 +68,8 @@ def test_our_distribution_is_not_called_kernels_and_its_version_is_outside_the_h
     assert project["name"].lower().replace("_", "-") != "kernels"
     assert not _in_hub_range(project["version"]), (
         f"promptswap {project['version']} lies in transformers' accepted range {HUB_RANGE} for the Hub `kernels`; "
-        "installed, it would be taken for that package. Skip this range.")
+        "installed, it would be taken for that package. Skip this range."
+    )
 
 
 def test_no_installed_distribution_makes_kernels_look_like_the_hub_package():
@@ -80,11 +91,22 @@ def _fake_install(site: Path, version: str) -> Path:
 
 def _run(script: str, *path: Path) -> tuple[int, str, str]:
     inherited = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([*map(str, path), *inherited]), HF_HUB_OFFLINE="1",
-               TRANSFORMERS_VERBOSITY="error")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([*map(str, path), *inherited]),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_VERBOSITY="error",
+    )
     env.pop("TRITON_INTERPRET", None)
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=env, cwd=path[0],
-                            capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        env=env,
+        cwd=path[0],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     return result.returncode, result.stdout, result.stderr
 
 
@@ -138,9 +160,12 @@ def test_transformers_works_beside_our_package(tmp_path, installed):
     if installed:
         path.append(_fake_install(tmp_path / "site", _project()["version"]))
         distributions.add("promptswap")
-    script = TRANSFORMERS_BESIDE_OURS.format(origin=str(REPO_ROOT / "kernels" / "__init__.py"),
-                                             distributions=distributions, imported=not distributions,
-                                             run_llama=not installed)
+    script = TRANSFORMERS_BESIDE_OURS.format(
+        origin=str(REPO_ROOT / "kernels" / "__init__.py"),
+        distributions=distributions,
+        imported=not distributions,
+        run_llama=not installed,
+    )
     returncode, stdout, stderr = _run(script, *path)
     assert returncode == 0 and stdout.strip().endswith("ok"), stderr[-3000:]
 
@@ -152,13 +177,16 @@ PROBE = """
 
 # An installed promptswap (CI installs it editable) answers the probe from metadata; hide it, as a checkout that
 # is only on sys.path would, so the probe falls back to importing the package and reading `__version__`.
-PROBE_AS_IF_NOT_INSTALLED = """
+PROBE_AS_IF_NOT_INSTALLED = (
+    """
     import importlib.metadata
 
     _installed = importlib.metadata.packages_distributions
     importlib.metadata.packages_distributions = lambda: {
         name: dists for name, dists in _installed().items() if name != "kernels"}
-""" + PROBE
+"""
+    + PROBE
+)
 
 
 def test_canary_a_version_attribute_in_range_would_fool_transformers(tmp_path):

@@ -36,14 +36,18 @@ def naive_kv_write(key, value, k_cache, v_cache, slot_mapping) -> None:
 EXACT = dict(atol=0, rtol=0, equal_nan=True)
 
 
-@pytest.mark.parametrize("cache_dtype, key_dtype, num_kv_heads, head_dim, tolerance", [
-    (torch.float32, torch.float32, 3, 12, EXACT),
-    (torch.float16, torch.float16, 2, 7, EXACT),
-    (torch.float16, torch.float32, 1, 5, EXACT),
-    (torch.bfloat16, torch.bfloat16, 3, 10, EXACT),
-    (torch.bfloat16, torch.float32, 3, 10, dict(atol=0, rtol=2 ** -7, equal_nan=True)),
-    (torch.float32, torch.float32, 3, 400, EXACT),  # 1200 elements a token: two tiles of 1024
-], ids=str)
+@pytest.mark.parametrize(
+    "cache_dtype, key_dtype, num_kv_heads, head_dim, tolerance",
+    [
+        (torch.float32, torch.float32, 3, 12, EXACT),
+        (torch.float16, torch.float16, 2, 7, EXACT),
+        (torch.float16, torch.float32, 1, 5, EXACT),
+        (torch.bfloat16, torch.bfloat16, 3, 10, EXACT),
+        (torch.bfloat16, torch.float32, 3, 10, dict(atol=0, rtol=2**-7, equal_nan=True)),
+        (torch.float32, torch.float32, 3, 400, EXACT),  # 1200 elements a token: two tiles of 1024
+    ],
+    ids=str,
+)
 @pytest.mark.parametrize("slot_dtype", [torch.int64, torch.int32], ids=str)
 def test_triton_matches_reference(cache_dtype, key_dtype, num_kv_heads, head_dim, tolerance, slot_dtype):
     key, value, k_cache, v_cache, slots = _inputs(19, 6, 5, num_kv_heads, head_dim, cache_dtype, key_dtype)
@@ -97,17 +101,20 @@ def _narrow_caches(kwargs: dict) -> None:
     kwargs["k_cache"], kwargs["v_cache"] = kwargs["k_cache"][..., :-1], kwargs["v_cache"][..., :-1]
 
 
-@pytest.mark.parametrize("breaks, message", [
-    (lambda kw: kw.update(key=kw["key"][0]), "key must be"),
-    (lambda kw: kw.update(key=kw["key"].long(), value=kw["value"].long()), "key must be"),
-    (lambda kw: kw.update(value=kw["value"][:-1]), "value shape"),
-    (lambda kw: kw.update(k_cache=kw["k_cache"][0]), "k_cache must be"),
-    (_narrow_caches, "heads x head_dim"),
-    (lambda kw: kw.update(v_cache=kw["v_cache"].half()), "v_cache"),
-    (lambda kw: kw.update(slot_mapping=kw["slot_mapping"][:-1]), "slot_mapping has"),
-    (lambda kw: kw.update(slot_mapping=kw["slot_mapping"].float()), "slot_mapping must be"),
-    (lambda kw: kw.update(slot_mapping=kw["slot_mapping"].to("meta")), "one device"),
-])
+@pytest.mark.parametrize(
+    "breaks, message",
+    [
+        (lambda kw: kw.update(key=kw["key"][0]), "key must be"),
+        (lambda kw: kw.update(key=kw["key"].long(), value=kw["value"].long()), "key must be"),
+        (lambda kw: kw.update(value=kw["value"][:-1]), "value shape"),
+        (lambda kw: kw.update(k_cache=kw["k_cache"][0]), "k_cache must be"),
+        (_narrow_caches, "heads x head_dim"),
+        (lambda kw: kw.update(v_cache=kw["v_cache"].half()), "v_cache"),
+        (lambda kw: kw.update(slot_mapping=kw["slot_mapping"][:-1]), "slot_mapping has"),
+        (lambda kw: kw.update(slot_mapping=kw["slot_mapping"].float()), "slot_mapping must be"),
+        (lambda kw: kw.update(slot_mapping=kw["slot_mapping"].to("meta")), "one device"),
+    ],
+)
 def test_launcher_rejects_bad_arguments(breaks, message):
     kwargs = _good()
     breaks(kwargs)

@@ -14,8 +14,9 @@ from kernels.paged_attention_reference import build_plan, paged_attention_refere
 
 
 def _plan(batch):
-    return build_plan(batch.block_tables, batch.prefix_lens, batch.own_lens, batch.query_start_loc,
-                      batch.k_cache.shape[1])
+    return build_plan(
+        batch.block_tables, batch.prefix_lens, batch.own_lens, batch.query_start_loc, batch.k_cache.shape[1]
+    )
 
 
 @pytest.mark.parametrize("scenario", ["mixed", "decode"])
@@ -41,8 +42,10 @@ def test_reference_decode_padding_never_reads_other_sequences(make_batch, naive_
     torch.testing.assert_close(out[finite_rows].double(), expected[finite_rows], atol=1e-5, rtol=1e-5)
 
 
-LAUNCHES = ((decode_module, "launch_paged_decode_attention", "decode"),
-            (prefill_module, "launch_paged_prefill_attention", "prefill"))
+LAUNCHES = (
+    (decode_module, "launch_paged_decode_attention", "decode"),
+    (prefill_module, "launch_paged_prefill_attention", "prefill"),
+)
 
 
 def test_dispatcher_runs_the_reference_for_cpu_tensors(make_batch, monkeypatch):
@@ -57,15 +60,19 @@ def test_dispatcher_runs_the_reference_for_cpu_tensors(make_batch, monkeypatch):
     expected = paged_attention_reference(*batch.args())
     args = (batch.query, batch.k_cache, batch.v_cache)
     torch.testing.assert_close(paged_attention(*args, batch.metadata(), batch.scale), expected, rtol=0, atol=0)
-    torch.testing.assert_close(paged_attention(*args, batch.metadata(_plan(batch)), batch.scale), expected,
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        paged_attention(*args, batch.metadata(_plan(batch)), batch.scale), expected, rtol=0, atol=0
+    )
 
 
-@pytest.mark.parametrize("scenario, counts, launched", [
-    ("mixed", (9, 3), {"decode", "prefill"}),
-    ("decode", (1, 5), {"decode"}),
-    ("prefill", (9, 0), {"prefill"}),
-])
+@pytest.mark.parametrize(
+    "scenario, counts, launched",
+    [
+        ("mixed", (9, 3), {"decode", "prefill"}),
+        ("decode", (1, 5), {"decode"}),
+        ("prefill", (9, 0), {"prefill"}),
+    ],
+)
 def test_triton_path_routes_by_host_hints(make_batch, tolerances, monkeypatch, scenario, counts, launched):
     """The metadata's host-side counts pick the kernels: a decode-only step launches the decode kernel alone."""
     calls = set()
@@ -85,20 +92,24 @@ def test_triton_path_reads_int64_metadata_views_of_one_buffer(make_batch, tolera
     batch = make_batch("mixed", block_size=4, num_kv_heads=2, group=2, head_dim=8, seed=4)
     parts = [batch.prefix_lens, batch.own_lens, batch.query_start_loc, batch.block_tables.flatten()]
     prefix_lens, own_lens, query_start_loc, tables = torch.cat(parts).long().split([len(p) for p in parts])
-    metadata = PagedAttentionMetadata.from_tensors(tables.view(batch.block_tables.shape), prefix_lens, own_lens,
-                                                   query_start_loc)
+    metadata = PagedAttentionMetadata.from_tensors(
+        tables.view(batch.block_tables.shape), prefix_lens, own_lens, query_start_loc
+    )
     out = paged_attention_triton(batch.query, batch.k_cache, batch.v_cache, metadata, batch.scale)
     torch.testing.assert_close(out, paged_attention_reference(*batch.args()), **tolerances[torch.float32])
 
 
-@pytest.mark.parametrize("index, breaks, message", [
-    (3, lambda t: t.float(), "block_tables must be"),
-    (3, lambda t: t[0], "block_tables must be"),
-    (4, lambda t: t[:-1], "prefix_lens must have shape"),
-    (5, lambda t: t.float(), "own_lens must be"),
-    (6, lambda t: t[:-1], "query_start_loc must have shape"),
-    (6, lambda t: t.to("meta"), "one device"),
-])
+@pytest.mark.parametrize(
+    "index, breaks, message",
+    [
+        (3, lambda t: t.float(), "block_tables must be"),
+        (3, lambda t: t[0], "block_tables must be"),
+        (4, lambda t: t[:-1], "prefix_lens must have shape"),
+        (5, lambda t: t.float(), "own_lens must be"),
+        (6, lambda t: t[:-1], "query_start_loc must have shape"),
+        (6, lambda t: t.to("meta"), "one device"),
+    ],
+)
 def test_metadata_is_checked_once_when_built(make_batch, index, breaks, message):
     batch = make_batch("mixed", block_size=4, num_kv_heads=2, group=3, head_dim=8)
     tensors = list(batch.args()[3:7])

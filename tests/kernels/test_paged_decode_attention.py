@@ -14,16 +14,29 @@ from kernels.paged_decode_attention import (
 
 # Every dtype, GQA ratio and block size, each pair of them once (a Latin square): the interpreter is slow.
 CASES = [
-    (torch.float32, 1, 1), (torch.float16, 2, 1), (torch.bfloat16, 3, 1),
-    (torch.float16, 1, 5), (torch.bfloat16, 2, 5), (torch.float32, 3, 5),
-    (torch.bfloat16, 1, 16), (torch.float32, 2, 16), (torch.float16, 3, 16),
+    (torch.float32, 1, 1),
+    (torch.float16, 2, 1),
+    (torch.bfloat16, 3, 1),
+    (torch.float16, 1, 5),
+    (torch.bfloat16, 2, 5),
+    (torch.float32, 3, 5),
+    (torch.bfloat16, 1, 16),
+    (torch.float32, 2, 16),
+    (torch.float16, 3, 16),
 ]
 
 
 @pytest.mark.parametrize("dtype, group, block_size", CASES, ids=lambda v: str(v).removeprefix("torch."))
 def test_decode_batch_matches_reference(make_batch, tolerances, dtype, group, block_size):
-    batch = make_batch("decode", block_size=block_size, num_kv_heads=2, group=group, head_dim=12, dtype=dtype,
-                       seed=block_size * 10 + group)
+    batch = make_batch(
+        "decode",
+        block_size=block_size,
+        num_kv_heads=2,
+        group=group,
+        head_dim=12,
+        dtype=dtype,
+        seed=block_size * 10 + group,
+    )
     out = paged_decode_attention_triton(*batch.args(), out=batch.poisoned_out())
     expected = paged_decode_attention_reference(*batch.args())
     assert not out.isnan().any(), "a row of a one-query sequence was left unwritten"
@@ -71,6 +84,14 @@ def test_non_contiguous_query_and_int64_metadata(make_batch, tolerances):
 def test_empty_batch_is_a_no_op(make_batch):
     batch = make_batch("decode", block_size=4, num_kv_heads=1, group=1, head_dim=8)
     empty = torch.zeros(0, dtype=torch.int32)
-    out = paged_decode_attention_triton(batch.query[:0], batch.k_cache, batch.v_cache, batch.block_tables[:0],
-                                        empty, empty, torch.zeros(1, dtype=torch.int32), batch.scale)
+    out = paged_decode_attention_triton(
+        batch.query[:0],
+        batch.k_cache,
+        batch.v_cache,
+        batch.block_tables[:0],
+        empty,
+        empty,
+        torch.zeros(1, dtype=torch.int32),
+        batch.scale,
+    )
     assert out.shape == (0, *batch.query.shape[1:])

@@ -14,17 +14,30 @@ from kernels.paged_prefill_attention import (
 
 # Every dtype, GQA ratio and block size, each pair of them once (a Latin square): the interpreter is slow.
 CASES = [
-    (torch.float32, 1, 1), (torch.float16, 2, 1), (torch.bfloat16, 3, 1),
-    (torch.float16, 1, 5), (torch.bfloat16, 2, 5), (torch.float32, 3, 5),
-    (torch.bfloat16, 1, 16), (torch.float32, 2, 16), (torch.float16, 3, 16),
+    (torch.float32, 1, 1),
+    (torch.float16, 2, 1),
+    (torch.bfloat16, 3, 1),
+    (torch.float16, 1, 5),
+    (torch.bfloat16, 2, 5),
+    (torch.float32, 3, 5),
+    (torch.bfloat16, 1, 16),
+    (torch.float32, 2, 16),
+    (torch.float16, 3, 16),
 ]
 
 
 @pytest.mark.parametrize("dtype, group, block_size", CASES, ids=lambda v: str(v).removeprefix("torch."))
 def test_mixed_batch_matches_reference(make_batch, tolerances, dtype, group, block_size):
     """Small tiles (16 rows, 16 keys) so chunks span several query tiles and contexts several key tiles."""
-    batch = make_batch("mixed", block_size=block_size, num_kv_heads=2, group=group, head_dim=12, dtype=dtype,
-                       seed=block_size * 10 + group)
+    batch = make_batch(
+        "mixed",
+        block_size=block_size,
+        num_kv_heads=2,
+        group=group,
+        head_dim=12,
+        dtype=dtype,
+        seed=block_size * 10 + group,
+    )
     out = paged_prefill_attention_triton(*batch.args(), out=batch.poisoned_out(), block_m=16, block_n=16)
     expected = paged_prefill_attention_reference(*batch.args())
     assert not out.isnan().any(), "a query row was left unwritten"
@@ -40,8 +53,9 @@ def test_default_tiles(make_batch, tolerances, group):
 
 def test_skip_single_query_leaves_decode_rows_alone(make_batch, tolerances):
     batch = make_batch("mixed", block_size=5, num_kv_heads=1, group=3, head_dim=8, seed=11)
-    out = paged_prefill_attention_triton(*batch.args(), out=batch.poisoned_out(), skip_single_query=True,
-                                         block_m=16, block_n=16)
+    out = paged_prefill_attention_triton(
+        *batch.args(), out=batch.poisoned_out(), skip_single_query=True, block_m=16, block_n=16
+    )
     expected = paged_prefill_attention_reference(*batch.args(), out=batch.poisoned_out(), skip_single_query=True)
     torch.testing.assert_close(out, expected, equal_nan=True, **tolerances[torch.float32])
     num_queries = batch.query_start_loc.diff()

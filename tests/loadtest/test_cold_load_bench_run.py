@@ -10,8 +10,24 @@ from loadtest.cold_load_bench import main
 
 def test_streams_are_measured_with_and_without_cold_loads(tiny_llama_dir, tmp_path, capsys):
     out = tmp_path / "cold.json"
-    argv = ["--model", str(tiny_llama_dir), "--streams", "3", "--cold-tasks", "3", "--virtual-tokens", "8",
-            "--new-tokens", "96", "--interval-s", "0.01", "--rounds", "1", "--json", str(out)]
+    argv = [
+        "--model",
+        str(tiny_llama_dir),
+        "--streams",
+        "3",
+        "--cold-tasks",
+        "3",
+        "--virtual-tokens",
+        "8",
+        "--new-tokens",
+        "96",
+        "--interval-s",
+        "0.01",
+        "--rounds",
+        "1",
+        "--json",
+        str(out),
+    ]
     assert main(argv) == 0  # nothing failed
     results = json.loads(out.read_text())
     rounds = results["rounds"]

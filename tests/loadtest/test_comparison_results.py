@@ -29,6 +29,5 @@ def test_no_window_without_two_tokens_or_with_disjoint_sequences():
 
 
 def test_tokens_per_second_is_over_the_whole_wall_time():
-    result = ArmResult("e", "x", num_requests=2, num_tokens=64, wall_s=4.0, decode_tokens_per_s=None,
-                       decode_batch=None)
+    result = ArmResult("e", "x", num_requests=2, num_tokens=64, wall_s=4.0, decode_tokens_per_s=None, decode_batch=None)
     assert result.tokens_per_s == 16.0

@@ -49,8 +49,15 @@ def test_infinite_rate_sends_everything_at_once():
     assert GammaArrivals(math.inf).describe() == "all requests at once"
 
 
-@pytest.mark.parametrize("make", [lambda: GammaArrivals(0), lambda: GammaArrivals(-1.0),
-                                  lambda: GammaArrivals(1.0, burstiness=0), lambda: FixedConcurrency(0)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: GammaArrivals(0),
+        lambda: GammaArrivals(-1.0),
+        lambda: GammaArrivals(1.0, burstiness=0),
+        lambda: FixedConcurrency(0),
+    ],
+)
 def test_invalid_processes_are_refused(make):
     with pytest.raises(ValueError):
         make()

@@ -13,18 +13,34 @@ def test_help_explains_the_metrics_and_the_options(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for needle in ("Open loop", "TTFT", "TPOT", "ITL", "goodput", "--rate", "--burstiness", "--concurrency",
-                   "--zipf", "--base-fraction", "--input-len", "--slo", "examples:"):
+    for needle in (
+        "Open loop",
+        "TTFT",
+        "TPOT",
+        "ITL",
+        "goodput",
+        "--rate",
+        "--burstiness",
+        "--concurrency",
+        "--zipf",
+        "--base-fraction",
+        "--input-len",
+        "--slo",
+        "examples:",
+    ):
         assert needle in text
 
 
-@pytest.mark.parametrize("argv", [
-    [],  # neither --rate nor --concurrency
-    ["--rate", "1", "--concurrency", "4"],
-    ["--concurrency", "4", "--max-concurrency", "2"],
-    ["--rate", "1", "--slo", "latency:5", "--tasks", "none", "--model", "m"],
-    ["--rate", "1", "--input-len", "gauss:3", "--tasks", "none", "--model", "m"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],  # neither --rate nor --concurrency
+        ["--rate", "1", "--concurrency", "4"],
+        ["--concurrency", "4", "--max-concurrency", "2"],
+        ["--rate", "1", "--slo", "latency:5", "--tasks", "none", "--model", "m"],
+        ["--rate", "1", "--input-len", "gauss:3", "--tasks", "none", "--model", "m"],
+    ],
+)
 def test_contradictory_or_malformed_options_exit_with_usage(argv):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)

@@ -31,9 +31,18 @@ def test_latency_stats_are_in_milliseconds():
 
 def _record(index=0, sent=0.0, chunks=(0.5, 0.6, 0.8), end=None, tokens=None, error=None, task="t"):
     end = chunks[-1] if end is None and chunks else (end if end is not None else sent + 1)
-    return RequestRecord(index, task, due_s=sent, sent_s=sent, end_s=end, chunk_times_s=list(chunks),
-                         num_prompt_tokens=10, num_output_tokens=len(chunks) if tokens is None else tokens,
-                         max_tokens=len(chunks) if tokens is None else tokens, error=error)
+    return RequestRecord(
+        index,
+        task,
+        due_s=sent,
+        sent_s=sent,
+        end_s=end,
+        chunk_times_s=list(chunks),
+        num_prompt_tokens=10,
+        num_output_tokens=len(chunks) if tokens is None else tokens,
+        max_tokens=len(chunks) if tokens is None else tokens,
+        error=error,
+    )
 
 
 def test_per_request_latencies():
@@ -49,8 +58,11 @@ def test_per_request_latencies():
 
 
 def test_throughput_counts_completed_work_over_first_send_to_last_end():
-    records = [_record(0, sent=0.0, chunks=(1.0, 2.0)), _record(1, sent=1.0, chunks=(2.0, 3.0, 4.0)),
-               _record(2, sent=2.0, chunks=(), end=2.5, error="http_429")]
+    records = [
+        _record(0, sent=0.0, chunks=(1.0, 2.0)),
+        _record(1, sent=1.0, chunks=(2.0, 3.0, 4.0)),
+        _record(2, sent=2.0, chunks=(), end=2.5, error="http_429"),
+    ]
     summary = summarize(records)
     assert summary.duration_s == pytest.approx(4.0)
     assert (summary.num_completed, summary.num_failed, summary.errors) == (2, 1, {"http_429": 1})

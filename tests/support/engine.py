@@ -13,8 +13,7 @@ from server.engine.request import GenerationRequest, SamplingParams
 from server.model import load_model
 
 
-def make_engine(model_dir: Path, store_config: StoreConfig | None = None, storage=None,
-                **engine_options) -> LLMEngine:
+def make_engine(model_dir: Path, store_config: StoreConfig | None = None, storage=None, **engine_options) -> LLMEngine:
     """`storage`: a PromptStorage on disk (with `store_config`'s limits), else the registry keeps files in memory."""
     loaded = load_model(str(model_dir), Path("/nonexistent-cache"), torch.device("cpu"), torch.float32)
     registry = PromptRegistry(loaded.shape, store_config or StoreConfig(), "base", storage)
@@ -22,8 +21,11 @@ def make_engine(model_dir: Path, store_config: StoreConfig | None = None, storag
 
 
 def upload_folder(engine: LLMEngine, task: str, adapter_dir: Path):
-    return engine.registry.upload(task, (adapter_dir / "adapter_config.json").read_bytes(),
-                                  (adapter_dir / "adapter_model.safetensors").read_bytes())
+    return engine.registry.upload(
+        task,
+        (adapter_dir / "adapter_config.json").read_bytes(),
+        (adapter_dir / "adapter_model.safetensors").read_bytes(),
+    )
 
 
 def greedy(max_new_tokens: int) -> SamplingParams:
@@ -38,7 +40,13 @@ def run_to_completion(engine: LLMEngine, max_steps: int = 10_000) -> None:
     raise AssertionError("engine did not finish its work")
 
 
-def request(request_id: str, token_ids, max_new_tokens: int, task: str | None = None, subtask: int = 0,
-            **sampling) -> GenerationRequest:
-    return GenerationRequest(request_id, tuple(token_ids), SamplingParams(max_new_tokens=max_new_tokens, **sampling),
-                             task=task, subtask=subtask)
+def request(
+    request_id: str, token_ids, max_new_tokens: int, task: str | None = None, subtask: int = 0, **sampling
+) -> GenerationRequest:
+    return GenerationRequest(
+        request_id,
+        tuple(token_ids),
+        SamplingParams(max_new_tokens=max_new_tokens, **sampling),
+        task=task,
+        subtask=subtask,
+    )

@@ -15,8 +15,9 @@ from transformers import AutoModelForCausalLM
 from loadtest.peft_reference import GreedyResult, eos_token_ids, greedy_uncached
 
 
-def peft_greedy(base_dir: Path, adapter_dir: Path, input_ids: list[int], max_new_tokens: int,
-                subtask: int | None = None) -> list[int]:
+def peft_greedy(
+    base_dir: Path, adapter_dir: Path, input_ids: list[int], max_new_tokens: int, subtask: int | None = None
+) -> list[int]:
     """Greedy new tokens of the adapter on `base_dir`, up to and including EOS.
 
     `subtask`: the sub-task id, which MULTITASK_PROMPT_TUNING requires.
@@ -24,8 +25,9 @@ def peft_greedy(base_dir: Path, adapter_dir: Path, input_ids: list[int], max_new
     return peft_reference(base_dir, adapter_dir, input_ids, max_new_tokens, subtask).token_ids
 
 
-def peft_reference(base_dir: Path, adapter_dir: Path, input_ids: list[int], max_new_tokens: int,
-                   subtask: int | None = None) -> GreedyResult:
+def peft_reference(
+    base_dir: Path, adapter_dir: Path, input_ids: list[int], max_new_tokens: int, subtask: int | None = None
+) -> GreedyResult:
     """`peft_greedy` with the logits of each step."""
     import torch
 

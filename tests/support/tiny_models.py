@@ -92,8 +92,13 @@ def random_llama(shape: ModelShape, seed: int = 1234) -> LlamaForCausalLM:
 def random_gpt2(shape: ModelShape, seed: int = 1234) -> GPT2LMHeadModel:
     """An in-memory GPT-2 of `shape` (multi-head attention: as many query heads as KV heads)."""
     torch.manual_seed(seed)
-    config = GPT2Config(n_embd=shape.hidden_size, n_head=shape.num_kv_heads, n_layer=shape.num_layers,
-                        vocab_size=shape.vocab_size, n_positions=256)
+    config = GPT2Config(
+        n_embd=shape.hidden_size,
+        n_head=shape.num_kv_heads,
+        n_layer=shape.num_layers,
+        vocab_size=shape.vocab_size,
+        n_positions=256,
+    )
     return GPT2LMHeadModel(config).eval()
 
 
