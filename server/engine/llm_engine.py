@@ -76,7 +76,6 @@ class LLMEngine:
         self.faults = FaultInjector.parse(config.fault_injection, tokenizer)  # None unless a test sets it
         self.batch_sizes = Histogram(BATCH_SIZE_BUCKETS)  # sequences per step that ran; replaced, never mutated
         self.num_step_failures = 0
-        self.last_step_end = time.monotonic()  # for /health: a loop with work that stops stepping is stuck
         self._stats = self._snapshot()
 
     # ---- callers' side (any thread) ----
@@ -168,11 +167,11 @@ class LLMEngine:
         self._unpin_finished(updated)
         outputs = self._deliver(updated)
         self._stats = self._snapshot()
-        self.last_step_end = time.monotonic()
         return outputs
 
     def _take_arrivals_and_aborts(self) -> list[Sequence]:
-        """Hand arrivals to the scheduler; finish and remove aborted requests. Returns the aborted sequences.
+        """Move arrivals to the loading list (`_admit_loaded` hands them on); finish and remove aborted requests.
+        Returns the aborted sequences.
 
         Both under one hold of the lock: an abort is then never handled before its own request's arrival.
         """

@@ -45,6 +45,3 @@ class PromptLoader:
         finally:
             with self._lock:
                 self._loading.pop(ref.key, None)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
