@@ -165,9 +165,8 @@ class LLMEngine:
             updated += self._run(batch)
             self.batch_sizes = self.batch_sizes.observed(batch.num_seqs)
         self._unpin_finished(updated)
-        outputs = self._deliver(updated)
-        self._stats = self._snapshot()
-        return outputs
+        self._stats = self._snapshot()  # before delivery: a caller that saw its last output sees it finished here
+        return self._deliver(updated)
 
     def _take_arrivals_and_aborts(self) -> list[Sequence]:
         """Move arrivals to the loading list (`_admit_loaded` hands them on); finish and remove aborted requests.
