@@ -149,7 +149,6 @@ class LLMEngine:
             num_steps=self.num_steps,
             batch_sizes=self.batch_sizes,
             num_step_failures=self.num_step_failures,
-            num_loading=len(self._loading),
         )
 
     # ---- the loop thread ----

@@ -103,7 +103,6 @@ class EngineStats:
     num_steps: int  # steps that ran a batch
     batch_sizes: Histogram  # sequences per step, since start-up
     num_step_failures: int = 0  # steps whose run or sample raised (only the requests at fault failed)
-    num_loading: int = 0  # requests waiting for a worker to load their prompt version from the store
 
     @property
     def kv_cache_usage(self) -> float:
