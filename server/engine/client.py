@@ -105,6 +105,7 @@ class EngineClient:
     def _loop(self) -> None:
         engine = self.engine
         assert engine is not None  # _load set it
+        self._heartbeat = time.monotonic()  # loading the model, however long, is not a stuck step
         while not self._is_stopping:
             engine.wait_for_work(timeout=0.1)
             if engine.has_work():
