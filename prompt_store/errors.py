@@ -27,3 +27,20 @@ class InvalidSubtaskError(InvalidPromptError):
 
 class StorageError(PromptStoreError):
     """The store on disk could not be written, or holds files that no longer read back (HTTP 500/507)."""
+
+
+class ConflictError(PromptStoreError):
+    """The change conflicts with what exists: a task name owned by someone else, a tenant that exists or still
+    owns tasks (HTTP 409)."""
+
+
+class UnknownTenantError(PromptStoreError):
+    """No such tenant, or no such key of it (HTTP 404)."""
+
+
+class InvalidTenantError(PromptStoreError):
+    """A tenant or key field breaks its rule: name, weight, quota, scope, expiry (HTTP 422)."""
+
+
+class QuotaExceededError(PromptStoreError):
+    """An upload would take the tenant past `max_tasks` or `max_prompt_bytes`; the message names it (HTTP 403)."""

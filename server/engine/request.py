@@ -6,6 +6,7 @@ import enum
 import math
 from dataclasses import dataclass
 
+from prompt_store.access import ANONYMOUS, Caller
 from server.engine.histogram import Histogram
 
 SAMPLING_EPS = 1e-5  # temperatures below this sample greedily
@@ -62,6 +63,7 @@ class GenerationRequest:
     sampling: SamplingParams
     task: str | None = None  # None: the base model, no soft prompt
     subtask: int = 0  # multitask prompt tuning: which sub-task's prompt; 0 for every other type
+    caller: Caller = ANONYMOUS  # whose request: which tasks it may use, and its fair-scheduling class and weight
 
 
 @dataclass(frozen=True)
