@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from prompt_store.documents import check_document_name
 from prompt_store.errors import StorageError
 from prompt_store.manifest import TaskManifest, VersionRecord
 from prompt_store.storage import ScanResult
@@ -14,6 +15,7 @@ class MemoryStorage:
         self._files: dict[tuple[str, int], tuple[bytes, bytes]] = {}  # (task, version) -> (config, model)
         self._manifests: dict[str, TaskManifest] = {}
         self._marks: dict[str, int] = {}  # deleted task -> its highest version
+        self._documents: dict[str, bytes] = {}  # name (documents.py) -> its content
 
     def scan(self) -> ScanResult:
         highest = self._marks | {task: manifest.latest_version for task, manifest in self._manifests.items()}
@@ -50,3 +52,11 @@ class MemoryStorage:
         self._manifests.pop(task, None)
         for key in [key for key in self._files if key[0] == task]:
             del self._files[key]
+
+    def read_document(self, name: str) -> bytes | None:
+        check_document_name(name)
+        return self._documents.get(name)
+
+    def write_document(self, name: str, data: bytes) -> None:
+        check_document_name(name)
+        self._documents[name] = bytes(data)

@@ -5,6 +5,7 @@
     <directory>/staging/<random>/                   a version being written; never read
     <directory>/trash/<random>/                     removed versions and deleted tasks on their way out
     <directory>/version_marks.json                  the highest version each deleted task reached
+    <directory>/tenants.json                        the tenant directory (documents.py: whole-file documents)
     <directory>/promptswap.lock                     flock'd by the one process serving the store
 
 Invariant: a version directory is complete before its name appears under tasks/, and a version is served only once
@@ -23,6 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prompt_store.documents import DOCUMENT_NAMES, check_document_name
 from prompt_store.durable_io import fsync_dir, remove_tree, rename_synced, replace_file_atomically, write_file_synced
 from prompt_store.errors import StorageError
 from prompt_store.manifest import TaskManifest, VersionRecord, record_to_dict
@@ -79,7 +81,8 @@ class PromptStorage:
         """Every committed task from its manifest alone (plus one stat per file); damaged entries are reported."""
         result = ScanResult()
         result.leftovers += [*self._entries(self.staging_dir), *self._entries(self.trash_dir)]
-        result.leftovers += [p for p in self._entries(self.directory) if p.name.startswith(f"{MARKS_FILE}.tmp-")]
+        temp_prefixes = tuple(f"{name}.tmp-" for name in (MARKS_FILE, *sorted(DOCUMENT_NAMES)))
+        result.leftovers += [p for p in self._entries(self.directory) if p.name.startswith(temp_prefixes)]
         if self._marks_problem:
             result.problems.append(self._marks_problem)
         with self._marks_lock:
@@ -114,7 +117,25 @@ class PromptStorage:
             raise StorageError(f"task {task!r} version {record.version} is damaged on disk (checksum mismatch)")
         return config_bytes, model_bytes
 
+    def read_document(self, name: str) -> bytes | None:
+        """A whole-file document beside tasks/ (documents.py), or None if it was never written."""
+        check_document_name(name)
+        try:
+            return (self.directory / name).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"cannot read {self.directory / name}: {exc.strerror or exc}") from None
+
     # ---- writing -------------------------------------------------------------------------------------------
+    def write_document(self, name: str, data: bytes) -> None:
+        """Replace the document atomically and durably: once this returns, a crash leaves `data` in place."""
+        check_document_name(name)
+        try:
+            replace_file_atomically(self.directory / name, data)
+        except OSError as exc:
+            raise StorageError(f"could not write {self.directory / name}: {exc.strerror or exc}") from None
+
     def create_task(self, manifest: TaskManifest, config_bytes: bytes, model_bytes: bytes) -> None:
         """A new task appears whole: its directory (manifest and first version) is renamed into tasks/ at once."""
         task, record = manifest.task, manifest.active
