@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, replace
 
 from prompt_store.model_shape import ModelShape
 from prompt_store.spec import PromptKind, PromptSpec
+from prompt_store.tenants import is_valid_tenant_name
 
 MANIFEST_FORMAT = 1
 
@@ -51,6 +52,7 @@ class TaskManifest:
     task: str
     active_version: int
     versions: tuple[VersionRecord, ...]  # ascending version numbers; the active one among them
+    owner: str | None = None  # the tenant that owns the task; None: shared (uploaded with the operator token)
 
     def version(self, number: int) -> VersionRecord | None:
         return next((record for record in self.versions if record.version == number), None)
@@ -62,12 +64,17 @@ class TaskManifest:
         return record
 
     @property
+    def num_bytes(self) -> int:
+        """Stored bytes of every version kept (what a tenant's `max_prompt_bytes` counts)."""
+        return sum(record.num_bytes for record in self.versions)
+
+    @property
     def latest_version(self) -> int:
         return self.versions[-1].version
 
     def with_version(self, record: VersionRecord) -> TaskManifest:
         """The new version added and made active."""
-        return TaskManifest(self.task, record.version, (*self.versions, record))
+        return replace(self, active_version=record.version, versions=(*self.versions, record))
 
     def without_versions(self, numbers: set[int]) -> TaskManifest:
         return replace(self, versions=tuple(r for r in self.versions if r.version not in numbers))
@@ -79,6 +86,8 @@ class TaskManifest:
             "active_version": self.active_version,
             "versions": [record_to_dict(record) for record in self.versions],
         }
+        if self.owner is not None:  # absent for shared tasks, as in manifests written before tenants existed
+            body["owner"] = self.owner
         return json.dumps(body, indent=1).encode()
 
     @classmethod
@@ -88,7 +97,10 @@ class TaskManifest:
         if body.get("format") != MANIFEST_FORMAT:
             raise ValueError(f"unknown manifest format {body.get('format')!r}")
         versions = tuple(sorted((_record_from_dict(item) for item in body["versions"]), key=lambda r: r.version))
-        manifest = cls(_require_type(body["task"], str), _require_type(body["active_version"], int), versions)
+        owner = body.get("owner")
+        if owner is not None and not is_valid_tenant_name(owner):
+            raise ValueError(f"invalid owner {str(owner)[:40]!r}")
+        manifest = cls(_require_type(body["task"], str), _require_type(body["active_version"], int), versions, owner)
         if manifest.version(manifest.active_version) is None:
             raise ValueError(f"active version {manifest.active_version} is not among the versions")
         if len({r.version for r in versions}) != len(versions):

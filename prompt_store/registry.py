@@ -3,6 +3,11 @@
 Locking: `_lock` guards every in-memory structure and is held only for dictionary work, never for file I/O or
 parsing. Changes to one task (upload, activate, delete) are also serialized by a per-task lock (striped), taken
 before `_lock` and held across the store's file writes, so two uploads to different tasks proceed in parallel.
+A tenant's uploads and its deletion are serialized by a per-owner lock (striped), taken before the task lock, so a
+quota check and the store it permits are one step, and a tenant is never deleted while an upload makes it an owner.
+
+Ownership: every task has an owner (a tenant) or none (shared). Every call that names a task is made for a
+`Caller`, and a task the caller may not see is, to it, exactly an unknown task: the same error, the same message.
 
 Pin invariant: a pinned version's spec stays obtainable until unpinned. Only the active version can be newly
 pinned, so the pin count of any other version only falls; pruning skips pinned versions, and `delete` first moves
@@ -16,12 +21,16 @@ import threading
 import time
 import zlib
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import replace
 
+from prompt_store.access import ANONYMOUS, OPERATOR, Caller
 from prompt_store.errors import (
+    ConflictError,
     InvalidPromptError,
     InvalidSubtaskError,
     PromptStoreError,
+    QuotaExceededError,
     StorageError,
     UnknownTaskError,
 )
@@ -30,13 +39,29 @@ from prompt_store.manifest import TaskManifest, VersionRecord
 from prompt_store.memory_storage import MemoryStorage
 from prompt_store.model_shape import ModelShape
 from prompt_store.peft_format import read_peft_files
-from prompt_store.registry_types import RegistryStats, TaskInfo, TaskVersionRef, UploadResult, VersionInfo
+from prompt_store.registry_types import (
+    OwnerUsage,
+    RegistryStats,
+    TaskInfo,
+    TaskVersionRef,
+    UploadResult,
+    VersionInfo,
+)
 from prompt_store.spec import PromptSpec
 from prompt_store.storage import PromptStorage, sha256_hex
 from prompt_store.store_config import StoreConfig
 from prompt_store.task_names import validate_task_name
+from prompt_store.tenant_directory import TenantDirectory
 
-__all__ = ["PromptRegistry", "RegistryStats", "TaskInfo", "TaskVersionRef", "UploadResult", "VersionInfo"]
+__all__ = [
+    "OwnerUsage",
+    "PromptRegistry",
+    "RegistryStats",
+    "TaskInfo",
+    "TaskVersionRef",
+    "UploadResult",
+    "VersionInfo",
+]
 
 NUM_TASK_LOCKS = 64
 UNLIMITED = 1 << 62
@@ -60,6 +85,8 @@ class PromptRegistry:
         )
         self._lock = threading.Lock()
         self._task_locks = [threading.Lock() for _ in range(NUM_TASK_LOCKS)]
+        self._owner_locks = [threading.Lock() for _ in range(NUM_TASK_LOCKS)]
+        self.tenants = TenantDirectory(self._storage)  # tenants and API keys, in the same store
         self._manifests: dict[str, TaskManifest] = {}  # the served catalogue
         self._pins: dict[VersionKey, int] = {}  # refs held per version
         self._detached: dict[VersionKey, VersionRecord] = {}  # pinned versions of deleted tasks
@@ -75,6 +102,7 @@ class PromptRegistry:
     def load(self) -> list[str]:
         """Read the store's manifests (no tensors); returns one line per damaged or unfit entry skipped."""
         started_at = time.perf_counter()
+        self.tenants.load()  # raises on a damaged tenants document: serving without it would drop every tenant
         result = self._storage.scan()
         self._storage.discard_leftovers(result)
         problems = list(result.problems)
@@ -109,32 +137,66 @@ class PromptRegistry:
         return manifest.without_versions(unfit)
 
     # ---- uploads -------------------------------------------------------------------------------------------
-    def upload(self, task: str, config_bytes: bytes, model_bytes: bytes) -> UploadResult:
-        """Validate, store durably, then activate; new pins get the new version once this returns."""
+    def upload(self, task: str, config_bytes: bytes, model_bytes: bytes, caller: Caller = OPERATOR) -> UploadResult:
+        """Validate, store durably, then activate; new pins get the new version once this returns.
+
+        A new task belongs to the caller's tenant (shared when the operator uploads it); a new version keeps the
+        task's owner. The ownership and quota check runs before the files are parsed, and again, under the locks,
+        just before they are stored."""
+        num_bytes = len(config_bytes) + len(model_bytes)
         try:
             validate_task_name(task, self.base_model_id)
+            self._check_upload(task, caller, num_bytes)
             spec = read_peft_files(config_bytes, model_bytes, self.shape, self.config)
         except PromptStoreError:
             self._count("uploads_rejected")
             raise
-        with self._task_lock(task):
+        with self._owner_lock(caller), self._task_lock(task):
             try:
-                result = self._store_new_version(task, spec, config_bytes, model_bytes)
+                self._check_upload(task, caller, num_bytes)
+                result = self._store_new_version(task, spec, config_bytes, model_bytes, caller)
             except StorageError:
                 self._count("uploads_failed")
+                raise
+            except PromptStoreError:
+                self._count("uploads_rejected")
                 raise
             self._prune(task)
         self._count("uploads_accepted")
         return result
 
-    def _store_new_version(self, task: str, spec: PromptSpec, config_bytes: bytes, model_bytes: bytes) -> UploadResult:
+    def _check_upload(self, task: str, caller: Caller, num_bytes: int) -> None:
+        """409 for a name the caller may not change; 403 past its tenant's `max_tasks` or `max_prompt_bytes`."""
+        with self._lock:
+            manifest = self._manifests.get(task)
+        if manifest is not None and not caller.manages(manifest.owner):
+            raise ConflictError(f"task name {task!r} is taken")
+        if caller.is_operator:
+            return
+        if caller.tenant is None:
+            raise ConflictError("anonymous callers cannot own tasks")  # the HTTP layer refuses them earlier
+        quota = self.tenants.get_tenant(caller.tenant).quota
+        usage = self.usage_of(caller.tenant)
+        if manifest is None and quota.max_tasks is not None and usage.num_tasks >= quota.max_tasks:
+            raise QuotaExceededError(
+                f"tenant {caller.tenant!r} has reached its max_tasks quota ({quota.max_tasks} tasks)"
+            )
+        if quota.max_prompt_bytes is not None and usage.num_bytes + num_bytes > quota.max_prompt_bytes:
+            raise QuotaExceededError(
+                f"this upload ({num_bytes} bytes) would take tenant {caller.tenant!r} past its max_prompt_bytes "
+                f"quota ({usage.num_bytes} of {quota.max_prompt_bytes} bytes stored, all versions kept counted)"
+            )
+
+    def _store_new_version(
+        self, task: str, spec: PromptSpec, config_bytes: bytes, model_bytes: bytes, caller: Caller
+    ) -> UploadResult:
         with self._lock:
             old = self._manifests.get(task)
             latest = old.latest_version if old is not None else 0
             version = max(latest, self._version_floor.get(task, 0)) + 1
         record = _new_record(version, spec, config_bytes, model_bytes)
         if old is None:
-            manifest = TaskManifest(task, version, (record,))
+            manifest = TaskManifest(task, version, (record,), owner=None if caller.is_operator else caller.tenant)
             self._storage.create_task(manifest, config_bytes, model_bytes)
         else:
             manifest = old.with_version(record)
@@ -143,7 +205,14 @@ class PromptRegistry:
             self._manifests[task] = manifest
             self._cache_put((task, version), spec)  # the first request need not re-read what we just parsed
         return UploadResult(
-            task, version, old is None, spec.peft_type, spec.kind, spec.num_virtual_tokens, record.num_bytes
+            task,
+            version,
+            old is None,
+            spec.peft_type,
+            spec.kind,
+            spec.num_virtual_tokens,
+            record.num_bytes,
+            manifest.owner,
         )
 
     def _add_version(self, manifest: TaskManifest, config_bytes: bytes, model_bytes: bytes) -> None:
@@ -175,12 +244,10 @@ class PromptRegistry:
         self._storage.remove_versions(task, doomed)
 
     # ---- the engine's side: pins and specs -----------------------------------------------------------------
-    def pin(self, task: str, subtask: int = 0) -> TaskVersionRef:
+    def pin(self, task: str, subtask: int = 0, caller: Caller = ANONYMOUS) -> TaskVersionRef:
         """Pin the task's active version for one request, until `unpin`."""
         with self._lock:
-            manifest = self._manifests.get(task)
-            if manifest is None:
-                raise UnknownTaskError(f"unknown task {task!r}")
+            manifest = self._visible(task, caller)
             record = manifest.active
             if type(subtask) is not int or not 0 <= subtask < record.num_variants:
                 last = record.num_variants - 1
@@ -190,7 +257,14 @@ class PromptRegistry:
             key = (task, record.version)
             self._pins[key] = self._pins.get(key, 0) + 1
         return TaskVersionRef(
-            task, record.version, record.peft_type, record.kind, record.num_virtual_tokens, record.num_variants, subtask
+            task,
+            record.version,
+            record.peft_type,
+            record.kind,
+            record.num_virtual_tokens,
+            record.num_variants,
+            subtask,
+            manifest.owner,
         )
 
     def unpin(self, ref: TaskVersionRef) -> None:
@@ -244,11 +318,11 @@ class PromptRegistry:
         log.warning("damaged prompt store entry, its requests fail: %s", exc)
 
     # ---- admin ---------------------------------------------------------------------------------------------
-    def activate(self, task: str, version: int) -> TaskInfo:
+    def activate(self, task: str, version: int, caller: Caller = OPERATOR) -> TaskInfo:
         """Serve a kept version (roll back or forward); durable before it returns."""
         with self._task_lock(task):
             with self._lock:
-                manifest = self._require_task(task)
+                manifest = self._managed(task, caller)
             if manifest.version(version) is None or type(version) is not int:
                 kept = [r.version for r in manifest.versions]
                 raise UnknownTaskError(f"task {task!r} has no version {version!r}; kept versions: {kept}")
@@ -257,13 +331,13 @@ class PromptRegistry:
                 self._storage.commit(activated)
                 with self._lock:
                     self._manifests[task] = activated
-        return self.get_task(task)
+        return self.get_task(task, caller)
 
-    def delete(self, task: str) -> None:
+    def delete(self, task: str, caller: Caller = OPERATOR) -> None:
         """Remove the task for good; requests holding refs to it keep working until they unpin them."""
         with self._task_lock(task):
             with self._lock:
-                manifest = self._require_task(task)
+                manifest = self._managed(task, caller)
                 del self._manifests[task]
                 highest = self._version_floor[task] = max(self._version_floor.get(task, 0), manifest.latest_version)
                 pinned = self._detach_versions(manifest)
@@ -303,19 +377,35 @@ class PromptRegistry:
                 if key in self._detached:
                     self._cache_put(key, spec)
 
-    def list_tasks(self) -> list[TaskInfo]:
+    def list_tasks(self, caller: Caller = OPERATOR) -> list[TaskInfo]:
+        """The tasks the caller may see, by name."""
         with self._lock:
-            manifests = sorted(self._manifests.values(), key=lambda m: m.task)
+            manifests = sorted((m for m in self._manifests.values() if caller.sees(m.owner)), key=lambda m: m.task)
         return [_task_info(manifest) for manifest in manifests]
 
-    def get_task(self, task: str) -> TaskInfo:
+    def get_task(self, task: str, caller: Caller = OPERATOR) -> TaskInfo:
         with self._lock:
-            manifest = self._require_task(task)
+            manifest = self._visible(task, caller)
         return _task_info(manifest)
 
     def has_task(self, task: str) -> bool:
+        """Whether the task exists, whoever owns it (the operator's view)."""
         with self._lock:
             return task in self._manifests
+
+    # ---- tenants: what their tasks take, and their deletion -------------------------------------------------
+    def usage_of(self, tenant: str) -> OwnerUsage:
+        with self._lock:
+            owned = [m for m in self._manifests.values() if m.owner == tenant]
+        return OwnerUsage(num_tasks=len(owned), num_bytes=sum(m.num_bytes for m in owned))
+
+    def delete_tenant(self, tenant: str) -> None:
+        """Delete a tenant and its keys; refused (409) while it owns tasks, whose owner would be gone."""
+        with self._owner_lock(Caller(tenant=tenant)):
+            usage = self.usage_of(tenant)
+            if usage.num_tasks:
+                raise ConflictError(f"tenant {tenant!r} still owns {usage.num_tasks} tasks; delete them first")
+            self.tenants.delete_tenant(tenant)
 
     def stats(self) -> RegistryStats:
         with self._lock:
@@ -358,14 +448,27 @@ class PromptRegistry:
     def _cache_put(self, key: VersionKey, spec: PromptSpec) -> None:
         self._counts["evictions"] += self._cache.put(key, spec, self._pins.__contains__)
 
-    def _require_task(self, task: str) -> TaskManifest:
+    def _visible(self, task: str, caller: Caller) -> TaskManifest:
+        """Under the lock: the task's manifest, if the caller may see it; to anyone else it does not exist."""
         manifest = self._manifests.get(task)
-        if manifest is None:
+        if manifest is None or not caller.sees(manifest.owner):
             raise UnknownTaskError(f"unknown task {task!r}")
+        return manifest
+
+    def _managed(self, task: str, caller: Caller) -> TaskManifest:
+        """Under the lock: the task's manifest, if the caller may change it (409 for a shared task it only sees)."""
+        manifest = self._visible(task, caller)
+        if not caller.manages(manifest.owner):
+            raise ConflictError(f"task {task!r} is shared: only the operator changes it")
         return manifest
 
     def _task_lock(self, task: str) -> threading.Lock:
         return self._task_locks[zlib.crc32(str(task).encode()) % NUM_TASK_LOCKS]
+
+    def _owner_lock(self, caller: Caller):
+        if caller.tenant is None:  # the operator's uploads make no tenant an owner: nothing to serialize
+            return nullcontext()
+        return self._owner_locks[zlib.crc32(caller.tenant.encode()) % NUM_TASK_LOCKS]
 
     def _count(self, name: str) -> None:
         with self._lock:
@@ -402,4 +505,4 @@ def _task_info(manifest: TaskManifest) -> TaskInfo:
         )
         for r in manifest.versions
     )
-    return TaskInfo(manifest.task, manifest.active_version, versions)
+    return TaskInfo(manifest.task, manifest.active_version, versions, manifest.owner)

@@ -18,6 +18,7 @@ class TaskVersionRef:
     num_virtual_tokens: int
     num_variants: int  # multitask sub-tasks; 1 for other types
     subtask: int  # which variant the request uses (0 unless multitask)
+    owner: str | None = None  # the task's tenant; None: a shared task
 
     @property
     def key(self) -> tuple[str, int]:
@@ -33,6 +34,7 @@ class UploadResult:
     kind: PromptKind
     num_virtual_tokens: int
     bytes: int  # stored size: adapter_config.json + adapter_model.safetensors
+    owner: str | None = None  # the task's tenant; None: shared
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class TaskInfo:
     task: str
     active_version: int
     versions: tuple[VersionInfo, ...]  # ascending version numbers
+    owner: str | None = None  # the task's tenant; None: shared
 
     @property
     def active(self) -> VersionInfo:
@@ -71,3 +74,11 @@ class RegistryStats:
     uploads_failed: int  # valid upload the store could not write (5xx)
     evictions: int  # host cache evictions
     num_damaged_entries: int = 0  # store entries load() skipped as damaged or unfit (each also logged)
+
+
+@dataclass(frozen=True)
+class OwnerUsage:
+    """What a tenant's tasks take, against its `max_tasks` and `max_prompt_bytes`."""
+
+    num_tasks: int
+    num_bytes: int  # every kept version of every task it owns

@@ -13,6 +13,12 @@ SCOPES = (SCOPE_GENERATE, SCOPE_PROMPTS_WRITE)
 KEY_PREFIX = "ps-"
 
 
+def is_valid_tenant_name(name: object) -> bool:
+    return (
+        isinstance(name, str) and TENANT_NAME_PATTERN.fullmatch(name) is not None and name not in RESERVED_TENANT_NAMES
+    )
+
+
 @dataclass(frozen=True)
 class TenantQuota:
     """None: no limit."""

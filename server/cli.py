@@ -1,4 +1,4 @@
-"""`promptswap serve | upload | list`."""
+"""`promptswap serve | upload | list | tenant … | key …`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -13,6 +14,7 @@ import uuid
 from pathlib import Path
 
 from prompt_store.store_lock import StoreLock, StoreLockedError
+from prompt_store.tenants import SCOPES
 from server.config import ConfigError, ServerConfig, add_serve_flags, load_config
 from server.engine.client import EngineClient
 from server.http.serve import run_server
@@ -53,16 +55,57 @@ def _parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="list the tasks of a running server")
     _add_client_flags(listing)
     listing.set_defaults(run=_list)
+
+    tenant = commands.add_parser("tenant", help="manage tenants (operator)").add_subparsers(
+        dest="action", required=True
+    )
+    create = tenant.add_parser("create", help="create a tenant")
+    create.add_argument("name")
+    create.add_argument("--weight", type=float, help="share of the engine under contention (default 1)")
+    for flag in QUOTA_FLAGS:
+        create.add_argument(f"--{flag}", type=int, help="quota (default: none)")
+    create.set_defaults(run=_tenant_create)
+    tenant_list = tenant.add_parser("list", help="list tenants")
+    tenant_list.set_defaults(run=_tenant_list)
+    delete = tenant.add_parser("delete", help="delete a tenant and its keys (it must own no tasks)")
+    delete.add_argument("name")
+    delete.set_defaults(run=_tenant_delete)
+    for parser_ in (create, tenant_list, delete):
+        _add_client_flags(parser_, with_api_key=False)
+
+    key = commands.add_parser("key", help="manage a tenant's API keys (operator)").add_subparsers(
+        dest="action", required=True
+    )
+    key_create = key.add_parser("create", help="create an API key; it is printed once")
+    key_create.add_argument("tenant")
+    key_create.add_argument("--scope", dest="scopes", action="append", choices=SCOPES, help="repeat; default: generate")
+    key_create.add_argument("--expires-in", dest="expires_in", type=float, help="seconds until it expires")
+    key_create.set_defaults(run=_key_create)
+    key_list = key.add_parser("list", help="list a tenant's keys (never the secrets)")
+    key_list.add_argument("tenant")
+    key_list.set_defaults(run=_key_list)
+    revoke = key.add_parser("revoke", help="revoke a key: refused from the next request on")
+    revoke.add_argument("tenant")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(run=_key_revoke)
+    for parser_ in (key_create, key_list, revoke):
+        _add_client_flags(parser_, with_api_key=False)
     return parser
 
 
-def _add_client_flags(parser: argparse.ArgumentParser) -> None:
+QUOTA_FLAGS = ("max-concurrent", "tokens-per-minute", "max-tasks", "max-prompt-bytes")
+
+
+def _add_client_flags(parser: argparse.ArgumentParser, with_api_key: bool = True) -> None:
     parser.add_argument("--url", help="server URL (default: from PROMPTSWAP_HOST / PROMPTSWAP_PORT)")
     parser.add_argument("--admin-token", dest="admin_token", help="admin token (default: PROMPTSWAP_ADMIN_TOKEN)")
+    if with_api_key:
+        parser.add_argument("--api-key", dest="api_key", help="a tenant API key with prompts:write, for its own tasks")
 
 
 def _serve(args: argparse.Namespace) -> int:
-    flags = {name: getattr(args, name) for name in ("model", "model_id", "host", "port", "store", "admin_token")}
+    names = ("model", "model_id", "host", "port", "store", "admin_token", "require_api_key", "audit_log")
+    flags = {name: getattr(args, name) for name in names}
     config = load_config(flags)
     # Held for the life of the process, so a second server on this store fails here, before it binds its port.
     StoreLock(config.store.directory)
@@ -98,6 +141,71 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tenant_create(args: argparse.Namespace) -> int:
+    body: dict[str, object] = {"name": args.name}
+    if args.weight is not None:
+        body["weight"] = args.weight
+    for flag in QUOTA_FLAGS:
+        value = getattr(args, flag.replace("-", "_"))
+        if value is not None:
+            body[flag.replace("-", "_")] = value
+    _, tenant = _client(args).request_json("POST", "/v1/admin/tenants", body)
+    print(f"created tenant {tenant['name']}: {_describe_tenant(tenant)}")
+    return 0
+
+
+def _tenant_list(args: argparse.Namespace) -> int:
+    _, result = _client(args).request("GET", "/v1/admin/tenants")
+    print(f"{'TENANT':<32} {'TASKS':>5} {'BYTES':>12}  QUOTAS")
+    for tenant in result["tenants"]:
+        print(f"{tenant['name']:<32} {tenant['num_tasks']:>5} {tenant['prompt_bytes']:>12}  {_describe_tenant(tenant)}")
+    return 0
+
+
+def _tenant_delete(args: argparse.Namespace) -> int:
+    _client(args).request("DELETE", f"/v1/admin/tenants/{_quote(args.name)}")
+    print(f"deleted tenant {args.name}")
+    return 0
+
+
+def _key_create(args: argparse.Namespace) -> int:
+    body = {"scopes": args.scopes or ["generate"], "expires_at": None}
+    if args.expires_in is not None:
+        body["expires_at"] = time.time() + args.expires_in
+    _, key = _client(args).request_json("POST", f"/v1/admin/tenants/{_quote(args.tenant)}/keys", body)
+    print(f"key {key['id']} for tenant {key['tenant']} ({','.join(key['scopes'])}); shown once, keep it now:")
+    print(key["key"])
+    return 0
+
+
+def _key_list(args: argparse.Namespace) -> int:
+    _, result = _client(args).request("GET", f"/v1/admin/tenants/{_quote(args.tenant)}/keys")
+    print(f"{'KEY':<22} {'SCOPES':<28} {'CREATED':<20} EXPIRES")
+    for key in result["keys"]:
+        expires = _when(key["expires_at"]) if key["expires_at"] is not None else "never"
+        print(f"{key['id']:<22} {','.join(key['scopes']):<28} {_when(key['created_at']):<20} {expires}")
+    return 0
+
+
+def _key_revoke(args: argparse.Namespace) -> int:
+    _client(args).request("DELETE", f"/v1/admin/tenants/{_quote(args.tenant)}/keys/{_quote(args.key_id)}")
+    print(f"revoked key {args.key_id} of tenant {args.tenant}")
+    return 0
+
+
+def _describe_tenant(tenant: dict) -> str:
+    quotas = [f"{flag}={tenant[flag.replace('-', '_')]}" for flag in QUOTA_FLAGS if tenant[flag.replace("-", "_")]]
+    return " ".join([f"weight={tenant['weight']:g}", *quotas])
+
+
+def _when(unix_time: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(unix_time))
+
+
+def _quote(part: str) -> str:
+    return urllib.parse.quote(part, safe="")
+
+
 def _read_adapter_file(path: Path) -> bytes:
     try:
         return path.read_bytes()
@@ -123,12 +231,15 @@ class ClientError(Exception):
 
 
 class AdminClient:
-    def __init__(self, url: str, admin_token: str | None):
+    def __init__(self, url: str, token: str | None):
         self.url = url.rstrip("/")
-        self.admin_token = admin_token
+        self.token = token  # the admin token, or a tenant API key
+
+    def request_json(self, method: str, path: str, body: dict):
+        return self.request(method, path, json.dumps(body).encode(), "application/json")
 
     def request(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None):
-        headers = {"Authorization": f"Bearer {self.admin_token}"} if self.admin_token else {}
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         if content_type:
             headers["Content-Type"] = content_type
         request = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
@@ -151,4 +262,5 @@ def _error_message(body: bytes) -> str:
 def _client(args: argparse.Namespace) -> AdminClient:
     config: ServerConfig = load_config({"admin_token": args.admin_token})
     host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
-    return AdminClient(args.url or f"http://{host}:{config.port}", config.admin_token)
+    token = getattr(args, "api_key", None) or config.admin_token
+    return AdminClient(args.url or f"http://{host}:{config.port}", token)

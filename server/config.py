@@ -59,6 +59,8 @@ class ServerConfig:
     max_messages: int = 1024  # messages of one chat request
     tokenizer_threads: int = 2  # threads that tokenize and apply chat templates, off the event loop
     health_stall_timeout_s: float = 60.0  # /health is 503 when the engine has work and no step ended for this long
+    require_api_key: bool = False  # inference needs a tenant's API key (or the admin token); else open, as in v1
+    audit_log: Path | None = None  # JSON lines of every admin request; None: audit.log in the store directory
     engine: EngineConfig = field(default_factory=EngineConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
 
@@ -78,6 +80,10 @@ class ServerConfig:
             "health_stall_timeout_s",
         ):
             _require(getattr(self, name) > 0, f"{name} must be positive")
+
+    @property
+    def audit_log_path(self) -> Path:
+        return self.audit_log if self.audit_log is not None else self.store.directory / "audit.log"
 
     @property
     def base_model_id(self) -> str:
@@ -117,6 +123,8 @@ _SERVER_ENV = {
     "max_messages": ("PROMPTSWAP_MAX_MESSAGES", int),
     "tokenizer_threads": ("PROMPTSWAP_TOKENIZER_THREADS", int),
     "health_stall_timeout_s": ("PROMPTSWAP_HEALTH_STALL_TIMEOUT_S", float),
+    "require_api_key": ("PROMPTSWAP_REQUIRE_API_KEY", bool),
+    "audit_log": ("PROMPTSWAP_AUDIT_LOG", Path),
 }
 _ENGINE_ENV = {
     "block_size": ("PROMPTSWAP_BLOCK_SIZE", int),
@@ -184,3 +192,11 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int)
     parser.add_argument("--store", help="prompt store directory")
     parser.add_argument("--admin-token", dest="admin_token")
+    parser.add_argument(
+        "--require-api-key",
+        dest="require_api_key",
+        action="store_const",
+        const=True,
+        help="inference routes need a tenant API key (Authorization: Bearer ps-...)",
+    )
+    parser.add_argument("--audit-log", dest="audit_log", type=Path, help="audit log file (default: STORE/audit.log)")

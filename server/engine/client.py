@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
+from prompt_store.access import ANONYMOUS, Caller
 from server.config import ServerConfig
 from server.engine.errors import EngineNotReadyError, QueueFullError, RequestValidationError
 from server.engine.request import EngineStats, GenerationRequest, RequestOutput, SamplingParams
@@ -34,6 +35,7 @@ class SubmitRequest:
     task: str | None = None  # None or the base model id: no soft prompt
     subtask: int = 0  # multitask prompt tuning sub-task
     request_id: str | None = None  # generated when None
+    caller: Caller = ANONYMOUS  # whose request (visibility of tasks, fair-scheduling class)
 
 
 class RequestStream:
@@ -44,6 +46,8 @@ class RequestStream:
         self.num_prompt_tokens = num_prompt_tokens
         self.task: str | None = None
         self.task_version: int | None = None
+        self.task_owner: str | None = None  # the task's tenant; None: a shared task or the base model
+        self.num_virtual_tokens = 0  # of the task version pinned at admission
         self._queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
         self._client = client
         self._is_done = False
@@ -184,6 +188,7 @@ class EngineClient:
             sampling=request.sampling,
             task=task,
             subtask=request.subtask,
+            caller=request.caller,
         )
 
         def deliver(out: RequestOutput) -> None:
@@ -191,6 +196,7 @@ class EngineClient:
 
         handle = engine.add_request(generation, on_output=deliver)
         stream.task, stream.task_version = handle.task, handle.task_version
+        stream.task_owner, stream.num_virtual_tokens = handle.task_owner, handle.num_virtual_tokens
         return stream
 
     def abort(self, request_id: str) -> None:

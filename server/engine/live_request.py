@@ -20,6 +20,8 @@ class RequestHandle:
         self.request_id = request_id
         self.task: str | None = task_ref.task if task_ref else None  # the version pinned at admission
         self.task_version: int | None = task_ref.version if task_ref else None
+        self.task_owner: str | None = task_ref.owner if task_ref else None  # None: shared, or the base model
+        self.num_virtual_tokens: int = task_ref.num_virtual_tokens if task_ref else 0
         self._queue: queue.Queue[RequestOutput] = queue.Queue()
         self.deliver: OutputCallback = on_output or self._queue.put
 

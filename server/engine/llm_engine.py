@@ -83,7 +83,9 @@ class LLMEngine:
     def add_request(self, request: GenerationRequest, on_output: OutputCallback | None = None) -> RequestHandle:
         """Pin the task's active version now and queue the request; raises UnknownTaskError, RequestValidationError."""
         self._validate(request)
-        task_ref = self.registry.pin(request.task, request.subtask) if request.task is not None else None
+        task_ref = (
+            self.registry.pin(request.task, request.subtask, request.caller) if request.task is not None else None
+        )
         try:
             self._check_length(request, task_ref.num_virtual_tokens if task_ref else 0)
         except RequestValidationError:

@@ -10,13 +10,15 @@ from starlette.concurrency import run_in_threadpool
 
 from server.config import ServerConfig
 from server.engine.client import EngineClient
-from server.http import routes_admin, routes_generate, routes_openai, routes_service
+from server.http import routes_admin, routes_generate, routes_openai, routes_service, routes_tenants
+from server.http.audit import AuditLog, AuditTrail
 from server.http.context import AppContext
 from server.http.errors import install_error_handlers
 from server.http.lifecycle import ServiceState
 from server.http.metrics import Metrics
 from server.http.middleware import BodySizeLimit, RequestCounter
 from server.http.offload import Offloader
+from server.http.tenant_limits import TenantLimits
 
 
 def create_app(config: ServerConfig, engine: EngineClient) -> FastAPI:
@@ -33,13 +35,19 @@ def create_app(config: ServerConfig, engine: EngineClient) -> FastAPI:
     metrics = Metrics(config.base_model_id)
     offload = Offloader(config.tokenizer_threads, max_pending=config.max_waiting)
     app.state.context = AppContext(
-        config=config, engine=engine, service=ServiceState(engine), metrics=metrics, offload=offload
+        config=config,
+        engine=engine,
+        service=ServiceState(engine),
+        metrics=metrics,
+        offload=offload,
+        limits=TenantLimits(metrics),
     )
     install_error_handlers(app)
-    for module in (routes_generate, routes_openai, routes_admin, routes_service):
+    for module in (routes_generate, routes_openai, routes_admin, routes_tenants, routes_service):
         app.include_router(module.router)
     app.add_middleware(
         BodySizeLimit, max_body_bytes=config.max_body_bytes, max_inference_body_bytes=config.max_inference_body_bytes
     )
+    app.add_middleware(AuditTrail, audit_log=AuditLog(config.audit_log_path))
     app.add_middleware(RequestCounter, metrics=metrics)  # added last: outermost, so it sees every response
     return app

@@ -12,6 +12,7 @@ from server.engine.client import EngineClient
 from server.http.lifecycle import ServiceState
 from server.http.metrics import Metrics
 from server.http.offload import Offloader
+from server.http.tenant_limits import TenantLimits
 
 if TYPE_CHECKING:
     from prompt_store.registry import PromptRegistry
@@ -24,6 +25,7 @@ class AppContext:
     service: ServiceState  # readiness, draining, requests in flight
     metrics: Metrics
     offload: Offloader  # tokenizing and chat templates, off the event loop
+    limits: TenantLimits  # tenants' max_concurrent and tokens_per_minute
 
     @property
     def registry(self) -> PromptRegistry:

@@ -6,6 +6,7 @@ Two body shapes: TGI's `{"error", "error_type"}` on /v1/generate, admin and serv
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
@@ -15,12 +16,16 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from prompt_store.errors import (
+    ConflictError,
     InvalidPromptError,
     InvalidSubtaskError,
     InvalidTaskNameError,
+    InvalidTenantError,
     PromptTooLargeError,
+    QuotaExceededError,
     StorageError,
     UnknownTaskError,
+    UnknownTenantError,
 )
 from server.engine.errors import EngineNotReadyError, QueueFullError, RequestFailedError, RequestValidationError
 
@@ -33,6 +38,14 @@ class UnauthorizedError(Exception):
 
 class ForbiddenError(Exception):
     """The caller may not use this route at all, e.g. the admin API is disabled (403)."""
+
+
+class RateLimitedError(Exception):
+    """A tenant is over its `max_concurrent` or `tokens_per_minute` quota (429 with Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class ServiceUnavailableError(Exception):
@@ -58,6 +71,8 @@ VALIDATION = ErrorKind(422, 400, "validation", "invalid_request_error")
 NOT_FOUND = ErrorKind(404, 404, "not_found", "not_found_error")
 TOO_LARGE = ErrorKind(413, 413, "too_large", "invalid_request_error")
 OVERLOADED = ErrorKind(429, 429, "overloaded", "rate_limit_error")
+RATE_LIMITED = ErrorKind(429, 429, "rate_limited", "rate_limit_error")
+CONFLICT = ErrorKind(409, 409, "conflict", "conflict_error")
 UNAVAILABLE = ErrorKind(503, 503, "unavailable", "service_unavailable_error")
 UNAUTHORIZED = ErrorKind(401, 401, "unauthorized", "authentication_error")
 FORBIDDEN = ErrorKind(403, 403, "forbidden", "permission_error")
@@ -75,6 +90,11 @@ _KINDS: dict[type[BaseException], ErrorKind] = {
     InvalidTaskNameError: VALIDATION,
     PromptTooLargeError: TOO_LARGE,
     UnknownTaskError: NOT_FOUND,
+    UnknownTenantError: NOT_FOUND,
+    InvalidTenantError: VALIDATION,
+    ConflictError: CONFLICT,
+    QuotaExceededError: FORBIDDEN,
+    RateLimitedError: RATE_LIMITED,
     QueueFullError: OVERLOADED,
     StorageError: STORAGE,
     RequestFailedError: GENERATION,
@@ -85,7 +105,7 @@ _KINDS: dict[type[BaseException], ErrorKind] = {
     ClientDisconnect: CLIENT_CLOSED,
 }
 _KINDS_BY_STATUS = {
-    kind.status: kind for kind in (NOT_FOUND, TOO_LARGE, OVERLOADED, UNAVAILABLE, UNAUTHORIZED, FORBIDDEN)
+    kind.status: kind for kind in (NOT_FOUND, TOO_LARGE, OVERLOADED, UNAVAILABLE, UNAUTHORIZED, FORBIDDEN, CONFLICT)
 }
 
 
@@ -145,7 +165,8 @@ def _openai_param(exc: BaseException) -> str | None:
 def _openai_code(exc: BaseException, kind: ErrorKind) -> str | None:
     if isinstance(exc, UnknownTaskError):
         return "model_not_found"
-    return {OVERLOADED: "rate_limit_exceeded", TOO_LARGE: "request_too_large"}.get(kind)
+    codes = {OVERLOADED: "rate_limit_exceeded", RATE_LIMITED: "rate_limit_exceeded", TOO_LARGE: "request_too_large"}
+    return codes.get(kind)
 
 
 def error_body(exc: BaseException, is_openai: bool) -> dict:
@@ -158,8 +179,9 @@ def error_body(exc: BaseException, is_openai: bool) -> dict:
 
 def error_headers(exc: BaseException) -> dict[str, str]:
     kind = kind_of(exc)
-    if isinstance(exc, QueueFullError):
-        return {"Retry-After": str(max(1, int(exc.retry_after_s)))}
+    if isinstance(exc, (QueueFullError, RateLimitedError)):
+        # whole seconds, rounded up: a client that waits that long is not refused for the same reason
+        return {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
     if kind is OVERLOADED:
         return {"Retry-After": "1"}
     if kind is UNAUTHORIZED:

@@ -15,6 +15,7 @@ from server.engine.errors import RequestFailedError
 from server.engine.request import FinishReason, RequestOutput
 from server.http.context import AppContext
 from server.http.errors import ServiceUnavailableError
+from server.http.tenant_limits import Lease
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,16 @@ class Generation:
     """An engine request owned by one HTTP request.
 
     The engine request is cancelled when the client disconnects, the request deadline passes, or the handler stops
-    reading before the end; `close()` gives its place in flight back exactly once.
+    reading before the end; `close()` gives its place in flight and its tenant lease back exactly once. The tenant
+    is charged its prompt tokens (virtual included) at admission and its generated tokens as they arrive.
     """
 
-    def __init__(self, ctx: AppContext, request: Request, stream: RequestStream):
+    def __init__(self, ctx: AppContext, request: Request, stream: RequestStream, lease: Lease):
         self.stream = stream
         self._ctx = ctx
+        self._lease = lease
+        lease.handed_over = True
+        lease.charge(stream.num_prompt_tokens + stream.num_virtual_tokens, "prompt")
         self._started_at = time.monotonic()
         self._deadline = asyncio.get_running_loop().time() + ctx.config.request_timeout_s  # loop clock
         self._first_token_at: float | None = None
@@ -45,7 +50,7 @@ class Generation:
         self._watcher.add_done_callback(self._on_watcher_done)
 
     @classmethod
-    def start(cls, ctx: AppContext, request: Request, submit: SubmitRequest) -> Generation:
+    def start(cls, ctx: AppContext, request: Request, submit: SubmitRequest, lease: Lease) -> Generation:
         """Admit and submit, or raise the reason it cannot be served (404, 422, 429, 503)."""
         ctx.service.admit()
         try:
@@ -53,7 +58,7 @@ class Generation:
         except BaseException:
             ctx.service.release()
             raise
-        return cls(ctx, request, stream)
+        return cls(ctx, request, stream, lease)
 
     async def outputs(self) -> AsyncIterator[RequestOutput]:
         """The engine's outputs up to the finished one; raises instead of yielding an aborted end."""
@@ -77,6 +82,7 @@ class Generation:
         if not self._is_finished:
             self.stream.cancel()
         self._ctx.service.release()
+        self._lease.release()
 
     async def _next_output(self) -> RequestOutput:
         try:
@@ -90,9 +96,12 @@ class Generation:
             raise self._aborted() from None
         if self._first_token_at is None and output.new_token_ids:
             self._first_token_at = time.monotonic()
+        self._lease.charge(len(output.new_token_ids), "generated")
         if output.finished:
             self._is_finished = True  # nothing is left to cancel
-            self._ctx.metrics.observe_finished(output, self._started_at, self._first_token_at)
+            is_shared = self.stream.task_owner is None
+            metrics = self._ctx.metrics
+            metrics.observe_finished(output, self._started_at, self._first_token_at, self._lease.label, is_shared)
             if output.finish_reason is FinishReason.ABORTED:
                 raise self._aborted()
             if output.finish_reason is FinishReason.ERROR:

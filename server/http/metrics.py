@@ -21,6 +21,11 @@ disable_created_metrics()  # `*_created` series double the output and no dashboa
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_TASK_LABELS = 20  # distinct `task` label values; later tasks are counted as "other"
+MAX_TENANT_LABELS = 50  # distinct `tenant` label values; later tenants are counted as "other"
+ANONYMOUS_TENANT_LABEL = "anonymous"  # the `tenant` label of anonymous and operator traffic
+PRIVATE_TASK_LABEL = "private"  # the `task` label of every tenant-owned task: names of those never leave the tenant
+TOKEN_KINDS = ("prompt", "generated")
+RATE_LIMIT_REASONS = ("concurrency", "tokens")
 UPLOAD_RESULTS = ("created", "updated", "rejected")
 
 # fmt: off
@@ -58,6 +63,7 @@ class Metrics:
     def __init__(self, base_model_id: str):
         self._base_model_id = base_model_id
         self._task_label = TaskLabels()
+        self.tenant_label = TaskLabels(MAX_TENANT_LABELS)  # tenant name -> its label value
         self.registry = CollectorRegistry()
         self._state = _EngineStateCollector()
         self.registry.register(self._state)
@@ -81,16 +87,48 @@ class Metrics:
         self.e2e_latency = histogram("e2e_request_latency_seconds", "Arrival to last token", _E2E_BUCKETS)
         self.queue_time = histogram("request_queue_time_seconds", "Arrival to first scheduled", _LATENCY_BUCKETS)
         self.upload_seconds = histogram("prompt_upload_seconds", "Upload validation and storage time", _UPLOAD_BUCKETS)
+        self.tenant_requests = counter(
+            "tenant_requests", "Inference requests by tenant and status", ["tenant", "status"]
+        )
+        self.tenant_tokens = counter("tenant_tokens", "Tokens served by tenant (virtual included)", ["tenant", "kind"])
+        self.tenant_rate_limited = counter(
+            "tenant_rate_limited", "Requests refused by a tenant's quota", ["tenant", "reason"]
+        )
+        self.tenant_queue_time = Histogram(
+            "promptswap_tenant_queue_time_seconds",
+            "Arrival to first scheduled, by tenant",
+            ["tenant"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         # Series that exist (at 0) before the first request, so dashboards and alerts see them from the start.
         self.prompt_tokens.labels(base_model_id)
         self.generation_tokens.labels(base_model_id)
         for result in UPLOAD_RESULTS:
             self.uploads.labels(result)
+        for kind in TOKEN_KINDS:
+            self.tenant_tokens.labels(ANONYMOUS_TENANT_LABEL, kind)
+        for reason in RATE_LIMIT_REASONS:
+            self.tenant_rate_limited.labels(ANONYMOUS_TENANT_LABEL, reason)
+        self.tenant_queue_time.labels(ANONYMOUS_TENANT_LABEL)
 
-    def observe_finished(self, final: RequestOutput, started_at: float, first_token_at: float | None) -> None:
+    def label_of_tenant(self, tenant: str | None) -> str:
+        return self.tenant_label(tenant) if tenant is not None else ANONYMOUS_TENANT_LABEL
+
+    def observe_finished(
+        self,
+        final: RequestOutput,
+        started_at: float,
+        first_token_at: float | None,
+        tenant_label: str,
+        is_shared_task: bool,
+    ) -> None:
         """Record a finished request: its tokens always, its latencies only when it was not aborted (engine
         timings when it sent them, else the HTTP layer's own clock)."""
-        task = self._task_label(final.task) if final.task else self._base_model_id
+        if not final.task:
+            task = self._base_model_id
+        else:
+            task = self._task_label(final.task) if is_shared_task else PRIVATE_TASK_LABEL
         self.prompt_tokens.labels(task).inc(final.num_prompt_tokens)
         self.generation_tokens.labels(task).inc(final.num_generated_tokens)
         if final.finish_reason is FinishReason.ABORTED:
@@ -101,6 +139,7 @@ class Metrics:
         self.e2e_latency.observe(finished - arrival)
         if timings and timings.first_scheduled_time is not None:
             self.queue_time.observe(timings.first_scheduled_time - arrival)
+            self.tenant_queue_time.labels(tenant_label).observe(timings.first_scheduled_time - arrival)
         if first_token is not None:
             self.time_to_first_token.observe(first_token - arrival)
             if final.num_generated_tokens > 1:

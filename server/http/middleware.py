@@ -68,6 +68,9 @@ class RequestCounter:
             if message["type"] == "http.response.start":
                 route = getattr(scope.get("route"), "path", "unmatched")
                 self.metrics.requests.labels(route, str(message["status"])).inc()
+                tenant_label = scope.get("state", {}).get("tenant_label")  # set on inference routes (auth.py)
+                if tenant_label is not None:
+                    self.metrics.tenant_requests.labels(tenant_label, str(message["status"])).inc()
             await send(message)
 
         await self.app(scope, receive, counting_send)

@@ -3,6 +3,7 @@ tokenizing and chat templates on the offload pool, the task's virtual tokens fro
 
 from __future__ import annotations
 
+from prompt_store.access import Caller
 from server.engine.client import EngineClient
 from server.engine.errors import RequestValidationError
 from server.http.context import AppContext
@@ -32,11 +33,11 @@ def _template_token_ids(engine: EngineClient, messages: list[dict]) -> list[int]
     return engine.tokenize(engine.apply_chat_template(messages))
 
 
-def token_budget(ctx: AppContext, token_ids: tuple[int, ...], task: str | None) -> TokenBudget:
+def token_budget(ctx: AppContext, token_ids: tuple[int, ...], task: str | None, caller: Caller) -> TokenBudget:
     """The budget against the task's active version now; a newer version with more virtual tokens admitted meanwhile
     only makes the engine end the sequence at the model's length, as it ends every sequence."""
     is_base = task in (None, "", ctx.config.base_model_id)
-    num_virtual_tokens = 0 if is_base or task is None else ctx.registry.get_task(task).active.num_virtual_tokens
+    num_virtual_tokens = 0 if is_base or task is None else ctx.registry.get_task(task, caller).active.num_virtual_tokens
     return TokenBudget(
         max_model_len=ctx.engine.max_model_len(),
         max_new_tokens_limit=ctx.config.max_new_tokens_limit,

@@ -17,6 +17,7 @@ class UploadResponse(BaseModel):
     kind: str  # embedding | prefix_kv
     num_virtual_tokens: int
     bytes: int  # stored size of both files
+    owner: str | None  # the tenant that owns the task; None: shared
 
     @classmethod
     def of(cls, result: UploadResult) -> UploadResponse:
@@ -27,6 +28,7 @@ class UploadResponse(BaseModel):
             kind=result.kind.value,
             num_virtual_tokens=result.num_virtual_tokens,
             bytes=result.bytes,
+            owner=result.owner,
         )
 
 
@@ -58,12 +60,12 @@ class TaskOut(BaseModel):
     task: str
     active_version: int
     versions: list[VersionOut]  # ascending version numbers
+    owner: str | None  # the tenant that owns the task; None: shared
 
     @classmethod
     def of(cls, info: TaskInfo) -> TaskOut:
-        return cls(
-            task=info.task, active_version=info.active_version, versions=[VersionOut.of(v) for v in info.versions]
-        )
+        versions = [VersionOut.of(v) for v in info.versions]
+        return cls(task=info.task, active_version=info.active_version, versions=versions, owner=info.owner)
 
 
 class TaskList(BaseModel):

@@ -1,5 +1,8 @@
 """Admin routes: upload, list, inspect, activate and delete task prompts. Registry calls do file I/O, so they run
-in the thread pool, never on the event loop."""
+in the thread pool, never on the event loop.
+
+The operator manages every task; a tenant key with `prompts:write` manages its tenant's own (the registry decides
+what each caller may see and change, for every route alike)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import FormData, UploadFile
 
 from prompt_store.errors import InvalidPromptError
-from server.http.auth import require_admin
+from server.http.auth import Principal, prompts_principal
 from server.http.context import AppContext, get_context
 from server.http.protocol_admin import ActivateRequest, TaskList, TaskOut, UploadResponse
 
@@ -41,17 +44,22 @@ async def _require_loaded(ctx: AppContext = Depends(get_context)) -> None:
 
 
 # Checked in this order: the token first, so an unauthenticated caller learns nothing about the server's state.
-router = APIRouter(prefix="/v1/admin/prompts", dependencies=[Depends(require_admin), Depends(_require_loaded)])
+router = APIRouter(prefix="/v1/admin/prompts", dependencies=[Depends(prompts_principal), Depends(_require_loaded)])
 
 
 @router.put("/{task:any_task_name}", response_model=UploadResponse, status_code=201)
-async def upload_prompt(task: str, request: Request, ctx: AppContext = Depends(get_context)) -> JSONResponse:
+async def upload_prompt(
+    task: str,
+    request: Request,
+    ctx: AppContext = Depends(get_context),
+    principal: Principal = Depends(prompts_principal),
+) -> JSONResponse:
     started_at = time.monotonic()
     try:
         async with request.form(max_files=2, max_fields=8, max_part_size=ctx.config.max_body_bytes) as form:
             config_bytes = await _read_part(form, CONFIG_PART)
             model_bytes = await _read_part(form, MODEL_PART)
-        result = await run_in_threadpool(ctx.registry.upload, task, config_bytes, model_bytes)
+        result = await run_in_threadpool(ctx.registry.upload, task, config_bytes, model_bytes, principal.caller)
     except Exception:
         ctx.metrics.uploads.labels("rejected").inc()
         raise
@@ -61,25 +69,36 @@ async def upload_prompt(task: str, request: Request, ctx: AppContext = Depends(g
 
 
 @router.get("", response_model=TaskList)
-async def list_prompts(ctx: AppContext = Depends(get_context)) -> TaskList:
-    tasks = await run_in_threadpool(ctx.registry.list_tasks)
+async def list_prompts(
+    ctx: AppContext = Depends(get_context), principal: Principal = Depends(prompts_principal)
+) -> TaskList:
+    tasks = await run_in_threadpool(ctx.registry.list_tasks, principal.caller)
     return TaskList(tasks=[TaskOut.of(info) for info in tasks])
 
 
 @router.get("/{task:any_task_name}", response_model=TaskOut)
-async def get_prompt(task: str, ctx: AppContext = Depends(get_context)) -> TaskOut:
-    return TaskOut.of(await run_in_threadpool(ctx.registry.get_task, task))
+async def get_prompt(
+    task: str, ctx: AppContext = Depends(get_context), principal: Principal = Depends(prompts_principal)
+) -> TaskOut:
+    return TaskOut.of(await run_in_threadpool(ctx.registry.get_task, task, principal.caller))
 
 
 @router.delete("/{task:any_task_name}", status_code=204)
-async def delete_prompt(task: str, ctx: AppContext = Depends(get_context)) -> Response:
-    await run_in_threadpool(ctx.registry.delete, task)
+async def delete_prompt(
+    task: str, ctx: AppContext = Depends(get_context), principal: Principal = Depends(prompts_principal)
+) -> Response:
+    await run_in_threadpool(ctx.registry.delete, task, principal.caller)
     return Response(status_code=204)
 
 
 @router.post("/{task}/activate", response_model=TaskOut)
-async def activate_prompt(task: str, body: ActivateRequest, ctx: AppContext = Depends(get_context)) -> TaskOut:
-    return TaskOut.of(await run_in_threadpool(ctx.registry.activate, task, body.version))
+async def activate_prompt(
+    task: str,
+    body: ActivateRequest,
+    ctx: AppContext = Depends(get_context),
+    principal: Principal = Depends(prompts_principal),
+) -> TaskOut:
+    return TaskOut.of(await run_in_threadpool(ctx.registry.activate, task, body.version, principal.caller))
 
 
 async def _read_part(form: FormData, name: str) -> bytes:

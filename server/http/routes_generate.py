@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from server.engine.client import SubmitRequest
 from server.engine.request import RequestOutput, SamplingParams
+from server.http.admission import Admission, admit_inference
 from server.http.context import AppContext, get_context
 from server.http.generation import Generation
 from server.http.limits import check_stop
@@ -25,16 +26,19 @@ async def generate(
     task: str | None = None,
     subtask: int = Query(default=0, ge=0, description="multitask prompt tuning: which sub-task's prompt"),
     ctx: AppContext = Depends(get_context),
+    admission: Admission = Depends(admit_inference),
 ):
     parameters = body.parameters
     check_stop(ctx.config, tuple(parameters.stop or ()), "parameters.stop")
     token_ids = await prompt_token_ids(ctx, body.inputs, "inputs")
-    max_new_tokens = token_budget(ctx, token_ids, task).max_new_tokens(
+    max_new_tokens = token_budget(ctx, token_ids, task, admission.caller).max_new_tokens(
         parameters.max_new_tokens, SamplingParams.max_new_tokens, "parameters.max_new_tokens", "inputs"
     )
     sampling = parameters.to_sampling(max_new_tokens)
-    submit = SubmitRequest(prompt=token_ids, sampling=sampling, task=task or None, subtask=subtask)
-    generation = Generation.start(ctx, request, submit)
+    submit = SubmitRequest(
+        prompt=token_ids, sampling=sampling, task=task or None, subtask=subtask, caller=admission.caller
+    )
+    generation = Generation.start(ctx, request, submit, admission.lease)
     prefix = body.inputs if body.parameters.return_full_text else ""
     if body.stream:
         return EventStreamResponse(_stream(generation, prefix), on_close=generation.close, is_openai=False)

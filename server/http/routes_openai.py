@@ -10,6 +10,8 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from server.engine.client import SubmitRequest
+from server.http.admission import Admission, admit_inference
+from server.http.auth import Principal, inference_principal
 from server.http.context import AppContext, get_context
 from server.http.generation import Generation
 from server.http.limits import check_stop
@@ -36,27 +38,36 @@ router = APIRouter()
 
 
 @router.get("/v1/models", response_model=ModelList)
-async def list_models(ctx: AppContext = Depends(get_context)) -> ModelList:
+async def list_models(
+    ctx: AppContext = Depends(get_context), principal: Principal = Depends(inference_principal)
+) -> ModelList:
     ctx.service.require_loaded()
     base_id = ctx.config.base_model_id
-    tasks = await run_in_threadpool(ctx.registry.list_tasks)
+    tasks = await run_in_threadpool(ctx.registry.list_tasks, principal.caller)
     cards = [ModelCard(id=base_id, root=base_id, parent=None)]
-    cards += [ModelCard(id=task.task, root=task.task, parent=base_id) for task in tasks]
+    cards += [
+        ModelCard(id=task.task, root=task.task, parent=base_id, owned_by=task.owner or "promptswap") for task in tasks
+    ]
     return ModelList(data=cards)
 
 
 @router.post("/v1/completions", response_model=CompletionResponse)
-async def completions(body: CompletionRequest, request: Request, ctx: AppContext = Depends(get_context)):
+async def completions(
+    body: CompletionRequest,
+    request: Request,
+    ctx: AppContext = Depends(get_context),
+    admission: Admission = Depends(admit_inference),
+):
     prompt = body.prompt_value()
     check_stop(ctx.config, body.stop_strings, "stop")
     token_ids = await prompt_token_ids(ctx, prompt, "prompt")
     request_id, model = f"cmpl-{uuid.uuid4().hex}", body.model or ctx.config.base_model_id
     task = _task_of(ctx, model)
-    max_tokens = token_budget(ctx, token_ids, task).max_new_tokens(
+    max_tokens = token_budget(ctx, token_ids, task, admission.caller).max_new_tokens(
         body.max_tokens, DEFAULT_COMPLETION_MAX_TOKENS, "max_tokens", "prompt"
     )
-    submit = SubmitRequest(token_ids, body.to_sampling(max_tokens), task, body.subtask, request_id)
-    generation = Generation.start(ctx, request, submit)
+    submit = SubmitRequest(token_ids, body.to_sampling(max_tokens), task, body.subtask, request_id, admission.caller)
+    generation = Generation.start(ctx, request, submit, admission.lease)
     echo = prompt if body.echo and isinstance(prompt, str) else ""
     if body.stream:
         chunks = _completion_chunks(generation, request_id, model, echo, body.include_usage)
@@ -67,17 +78,22 @@ async def completions(body: CompletionRequest, request: Request, ctx: AppContext
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
-async def chat_completions(body: ChatCompletionRequest, request: Request, ctx: AppContext = Depends(get_context)):
+async def chat_completions(
+    body: ChatCompletionRequest,
+    request: Request,
+    ctx: AppContext = Depends(get_context),
+    admission: Admission = Depends(admit_inference),
+):
     check_stop(ctx.config, body.stop_strings, "stop")
     token_ids = await chat_token_ids(ctx, [message.to_template() for message in body.messages])
     request_id, model = f"chatcmpl-{uuid.uuid4().hex}", body.model or ctx.config.base_model_id
     task = _task_of(ctx, model)
     # OpenAI's chat default is "until the context is full": as many tokens as fit, up to the server's limit.
-    max_tokens = token_budget(ctx, token_ids, task).max_new_tokens(
+    max_tokens = token_budget(ctx, token_ids, task, admission.caller).max_new_tokens(
         body.requested_max_tokens, ctx.config.max_new_tokens_limit, body.max_tokens_field, "messages"
     )
-    submit = SubmitRequest(token_ids, body.to_sampling(max_tokens), task, body.subtask, request_id)
-    generation = Generation.start(ctx, request, submit)
+    submit = SubmitRequest(token_ids, body.to_sampling(max_tokens), task, body.subtask, request_id, admission.caller)
+    generation = Generation.start(ctx, request, submit, admission.lease)
     if body.stream:
         chunks = _chat_chunks(generation, request_id, model, body.include_usage)
         return EventStreamResponse(chunks, on_close=generation.close, is_openai=True)

@@ -46,7 +46,7 @@ def test_missing_or_wrong_token_is_401(headers):
         response = await client.put(f"{PROMPTS}/t", headers=headers, files=_files())
         assert response.status_code == 401
         assert response.headers["www-authenticate"] == "Bearer"
-        assert response.json() == {"error": "missing or invalid admin token", "error_type": "unauthorized"}
+        assert response.json() == {"error": "missing or invalid admin token or API key", "error_type": "unauthorized"}
         assert engine.registry.tasks == {}
 
     run_with_client(check)
@@ -63,6 +63,7 @@ def test_upload_creates_then_adds_versions_and_the_catalogue_follows():
             "kind": "embedding",
             "num_virtual_tokens": 4,
             "bytes": len(CONFIG) + 7,
+            "owner": None,
         }
         second = await client.put(
             f"{PROMPTS}/geo", headers=AUTH, files=_files(b'{"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 2}')

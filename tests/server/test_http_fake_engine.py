@@ -32,13 +32,14 @@ MAX_FAKE_VIRTUAL_TOKENS = 64
 
 
 class FakeRegistry:
-    """Tasks in a dict; an upload is `adapter_config` JSON with `peft_type` and `num_virtual_tokens`."""
+    """Tasks in a dict; an upload is `adapter_config` JSON with `peft_type` and `num_virtual_tokens`. Every task is
+    shared: ownership is the real registry's (tests/prompt_store/test_task_ownership.py, tests/e2e/*tenant*)."""
 
     def __init__(self):
         self.tasks: dict[str, list[VersionInfo]] = {}
         self.loads_by_tier = {"host": 0, "disk": 0}
 
-    def upload(self, task: str, config_bytes: bytes, model_bytes: bytes) -> UploadResult:
+    def upload(self, task: str, config_bytes: bytes, model_bytes: bytes, caller=None) -> UploadResult:
         try:
             config = json.loads(config_bytes)
             peft_type, num_virtual_tokens = config["peft_type"], int(config["num_virtual_tokens"])
@@ -53,23 +54,23 @@ class FakeRegistry:
         versions[:] = [_with_active(v, False) for v in versions] + [info]
         return UploadResult(task, info.version, len(versions) == 1, peft_type, kind, num_virtual_tokens, size)
 
-    def list_tasks(self) -> list[TaskInfo]:
+    def list_tasks(self, caller=None) -> list[TaskInfo]:
         return [self.get_task(task) for task in sorted(self.tasks)]
 
-    def get_task(self, task: str) -> TaskInfo:
+    def get_task(self, task: str, caller=None) -> TaskInfo:
         if task not in self.tasks:
             raise UnknownTaskError(f"unknown task {task!r}")
         versions = tuple(self.tasks[task])
         return TaskInfo(task, next(v.version for v in versions if v.is_active), versions)
 
-    def activate(self, task: str, version: int) -> TaskInfo:
+    def activate(self, task: str, version: int, caller=None) -> TaskInfo:
         versions = self.get_task(task).versions
         if version not in [v.version for v in versions]:
             raise UnknownTaskError(f"task {task!r} has no version {version}")
         self.tasks[task] = [_with_active(v, v.version == version) for v in versions]
         return self.get_task(task)
 
-    def delete(self, task: str) -> None:
+    def delete(self, task: str, caller=None) -> None:
         self.get_task(task)
         del self.tasks[task]
 
@@ -87,6 +88,8 @@ class FakeStream(RequestStream):
         self.num_prompt_tokens = num_prompt_tokens
         self.task = request.task
         self.task_version = task_version
+        self.task_owner = None
+        self.num_virtual_tokens = 0
         self.request = request
         self.is_cancelled = False
         self._engine = engine
