@@ -11,6 +11,7 @@ from pathlib import Path
 from prompt_store.store_config import StoreConfig, StoreConfigError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+SCHEDULING_POLICIES = ("fair", "fcfs")  # admission order: weighted fair share between tenants, or arrival order
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class EngineConfig:
     dtype: str = "auto"  # "auto" (float32 on CPU, bfloat16 on CUDA) | "float32" | "bfloat16" | "float16"
     use_reference_kernels: bool = False  # force the torch reference path even on CUDA
     fault_injection: str | None = None  # tests only: "run:MARKER" or "loop:MARKER" (engine/fault_injection.py)
+    scheduling_policy: str = "fair"  # "fair": weighted fair share between tenants (engine/fair_share.py) | "fcfs"
 
     def __post_init__(self) -> None:
         _require(
@@ -38,6 +40,10 @@ class EngineConfig:
         _require(self.max_model_len > 0, "max_model_len must be positive")
         _require(self.prompt_table_rows > 0, "prompt_table_rows must be positive")
         _require(self.dtype in ("auto", "float32", "bfloat16", "float16"), f"unknown dtype {self.dtype!r}")
+        _require(
+            self.scheduling_policy in SCHEDULING_POLICIES,
+            f"scheduling_policy must be one of {', '.join(SCHEDULING_POLICIES)}, not {self.scheduling_policy!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,7 @@ _ENGINE_ENV = {
     "dtype": ("PROMPTSWAP_DTYPE", str),
     "use_reference_kernels": ("PROMPTSWAP_REFERENCE_KERNELS", bool),
     "fault_injection": ("PROMPTSWAP_FAULT_INJECTION", str),
+    "scheduling_policy": ("PROMPTSWAP_SCHEDULING_POLICY", str),
 }
 _STORE_ENV = {
     "directory": ("PROMPTSWAP_STORE", Path),

@@ -1,9 +1,14 @@
 """Continuous batching, both halves of a step.
 
-`schedule()`: running sequences first (decodes and unfinished prefill chunks), then waiting ones admitted
-first-come-first-served, all under one token budget and the free KV blocks. When blocks run out, unused prompt
-prefixes are evicted first, then the most recently admitted sequence is preempted (it frees its blocks and is
-recomputed later).
+`schedule()`: running sequences first (decodes and unfinished prefill chunks), then waiting ones admitted, all
+under one token budget and the free KV blocks. When blocks run out, unused prompt prefixes are evicted first, then
+the most recently admitted sequence is preempted (it frees its blocks and is recomputed later).
+
+Admission follows `config.scheduling_policy`. "fair": the waiting queue holds one FIFO per scheduling class (tenant)
+and offers the head of the class with the smallest virtual token counter (waiting_queue.py, fair_share.py); a head
+that cannot be admitted now only closes its class for this step, the others' heads are still tried (work
+conserving), unless it has been starving for blocks. "fcfs": one arrival-ordered queue, admission stops at the
+first sequence that does not fit (head-of-line blocking; kept so benchmarks can compare).
 
 `postprocess(batch, sampled)`: what ran is now in the cache (sequences' `num_computed`, prompts'
 `num_materialized` advance), each sequence at its last token takes its sampled token, and finished sequences leave,
@@ -12,15 +17,26 @@ freeing their blocks and prompt entries. Only these two methods move a sequence 
 
 from __future__ import annotations
 
+import enum
 import time
-from collections import deque
 
 from server.config import EngineConfig
 from server.engine.batch import MaterializationChunk, SchedulerOutput, SequenceChunk
 from server.engine.block_manager import BlockManager, OutOfBlocksError
+from server.engine.fair_share import FairShare
 from server.engine.prompt_cache import PromptCache, entry_key
 from server.engine.prompt_table import OutOfRowsError
 from server.engine.sequence import Sequence, SequenceStatus
+from server.engine.waiting_queue import WaitingQueue, is_starving
+
+
+class _Admission(enum.Enum):
+    """What trying to admit a waiting sequence came to."""
+
+    ADMITTED = "admitted"
+    NO_ROOM = "no room"  # no blocks or rows for its prompt, or no blocks for its first chunk
+    PREFIX_PENDING = "prefix pending"  # its prompt's K/V are still being materialized
+    NO_BUDGET = "no budget"  # materializing its prompt used what the step had left
 
 
 class Scheduler:
@@ -29,7 +45,8 @@ class Scheduler:
         self.block_manager = block_manager
         self.prompt_cache = prompt_cache
         self.vocab_size = vocab_size
-        self.waiting: deque[Sequence] = deque()
+        self.fair_share = FairShare()  # charged under either policy; only "fair" orders admission by it
+        self.waiting = WaitingQueue(self.fair_share if config.scheduling_policy == "fair" else None)
         self.running: list[Sequence] = []
 
     @property
@@ -37,6 +54,7 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def add(self, seq: Sequence) -> None:
+        self.fair_share.add(seq)
         self.waiting.append(seq)
 
     def remove(self, seq: Sequence) -> None:
@@ -46,6 +64,7 @@ class Scheduler:
             self.running.remove(seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)
+        self.fair_share.remove(seq)
         self._free(seq)
 
     # ---- the first half of a step ----
@@ -68,30 +87,56 @@ class Scheduler:
                 if victim is seq:
                     break
                 continue
-            out.chunks.append(self._chunk(seq, num_tokens))
+            self._schedule_chunk(seq, num_tokens, out)
             budget -= num_tokens
             i += 1
         return budget
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
+        """Admit waiting sequences in the queue's order while the budget and `max_num_seqs` allow. A head that cannot
+        be admitted now closes only its own class for this step; under "fcfs", or starving, it ends admission."""
         now = time.monotonic()
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
-            seq = self.waiting[0]
-            if not self._hold_prompt(seq):
+        closed: set[str] = set()  # classes whose head cannot be admitted in this step: no overtaking inside a class
+        while budget > 0 and len(self.running) < self.config.max_num_seqs:
+            seq = self.waiting.next(closed)
+            if seq is None:
                 return
-            used, is_prompt_ready = self._materialize(seq, out, budget)
+            used, admission = self._admit(seq, out, budget, now)
             budget -= used
-            num_tokens = min(seq.num_uncomputed, budget)
-            if not is_prompt_ready or num_tokens <= 0 or not self._reserve(seq, seq.num_computed + num_tokens):
-                self._drop_prompt(seq)  # a waiting sequence pins nothing, or pinned prompts could starve the pool
-                return
-            self.waiting.popleft()
-            seq.status = SequenceStatus.RUNNING
-            if seq.first_scheduled_time is None:
-                seq.first_scheduled_time = now
-            self.running.append(seq)
-            out.chunks.append(self._chunk(seq, num_tokens))
-            budget -= num_tokens
+            if admission is _Admission.ADMITTED:
+                continue
+            if admission is _Admission.NO_ROOM:
+                seq.num_blocked_steps += 1
+            if self.config.scheduling_policy == "fcfs" or is_starving(seq):
+                return  # head-of-line: under "fair" only for a starving head, so what is freed is left for it
+            closed.add(seq.scheduling_class)
+
+    def _admit(self, seq: Sequence, out: SchedulerOutput, budget: int, now: float) -> tuple[int, _Admission]:
+        """Try to move the waiting `seq` to running with its first chunk; returns (budget used, outcome)."""
+        if not self._hold_prompt(seq):
+            return 0, _Admission.NO_ROOM
+        used, is_prompt_ready = self._materialize(seq, out, budget)
+        num_tokens = min(seq.num_uncomputed, budget - used)
+        admission = self._reserve_first_chunk(seq, is_prompt_ready, num_tokens)
+        if admission is not _Admission.ADMITTED:
+            self._drop_prompt(seq)  # a waiting sequence pins nothing, or pinned prompts could starve the pool
+            return used, admission
+        self.waiting.remove(seq)
+        seq.status = SequenceStatus.RUNNING
+        if seq.first_scheduled_time is None:
+            seq.first_scheduled_time = now
+        self.running.append(seq)
+        self._schedule_chunk(seq, num_tokens, out)
+        return used + num_tokens, _Admission.ADMITTED
+
+    def _reserve_first_chunk(self, seq: Sequence, is_prompt_ready: bool, num_tokens: int) -> _Admission:
+        if not is_prompt_ready:
+            return _Admission.PREFIX_PENDING
+        if num_tokens <= 0:
+            return _Admission.NO_BUDGET
+        if not self._reserve(seq, seq.num_computed + num_tokens):
+            return _Admission.NO_ROOM
+        return _Admission.ADMITTED
 
     def _hold_prompt(self, seq: Sequence) -> bool:
         """Make the sequence's soft prompt device-resident; False if there is no room now."""
@@ -136,7 +181,12 @@ class Scheduler:
                 needs_logits=False,
             )
         )
+        self.fair_share.charge_materialization(seq, num_tokens)
         return num_tokens, start + num_tokens == entry.prefix_len
+
+    def _schedule_chunk(self, seq: Sequence, num_tokens: int, out: SchedulerOutput) -> None:
+        out.chunks.append(self._chunk(seq, num_tokens))
+        self.fair_share.charge_chunk(seq, seq.num_computed + num_tokens)
 
     def _chunk(self, seq: Sequence, num_tokens: int) -> SequenceChunk:
         entry = seq.prompt_entry
@@ -195,6 +245,7 @@ class Scheduler:
                 seq.append_token(token_id, now)
             except Exception as exc:  # its detokenizer or stop matcher: that request's fault alone
                 seq.fail(f"the engine failed on this request's output ({type(exc).__name__})")
+            self.fair_share.charge_output(seq)
             if seq.is_finished:
                 self.remove(seq)
         return sampled

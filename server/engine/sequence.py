@@ -2,7 +2,7 @@
 finishing, and turning what is new into the RequestOutput its caller receives.
 
 What the scheduler assigns (status between waiting and running, blocks, the prompt entry, `num_computed`,
-`num_preemptions`, `first_scheduled_time`) is changed only in scheduler.py.
+`num_preemptions`, `num_blocked_steps`, `first_scheduled_time`) is changed only in scheduler.py.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.WAITING
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0
+    num_blocked_steps: int = 0  # steps its admission found no room (the fair policy's starvation guard)
     pending_token_ids: list[int] = field(default_factory=list)  # generated, not yet reported
     arrival_time: float = field(default_factory=time.monotonic)
     first_scheduled_time: float | None = None
@@ -54,6 +55,10 @@ class Sequence:
     @property
     def request_id(self) -> str:
         return self.request.request_id
+
+    @property
+    def scheduling_class(self) -> str:
+        return self.request.caller.scheduling_class
 
     @property
     def num_prompt_tokens(self) -> int:
