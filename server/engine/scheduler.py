@@ -2,12 +2,14 @@
 
 `schedule()`: running sequences first (decodes and unfinished prefill chunks), then waiting ones admitted, all
 under one token budget and the free KV blocks. When blocks run out, unused prompt prefixes are evicted first, then
-the most recently admitted sequence is preempted (it frees its blocks and is recomputed later).
+a running sequence is preempted (it frees its blocks and is recomputed later): the most recently admitted, under
+"fair" of the class served most.
 
 Admission follows `config.scheduling_policy`. "fair": the waiting queue holds one FIFO per scheduling class (tenant)
 and offers the head of the class with the smallest virtual token counter (waiting_queue.py, fair_share.py); a head
 that cannot be admitted now only closes its class for this step, the others' heads are still tried (work
-conserving), unless it has been starving for blocks. "fcfs": one arrival-ordered queue, admission stops at the
+conserving), unless it has been starving for blocks; and while tenants contend, the last few seats go only to
+classes under their share of them (seat_share.py). "fcfs": one arrival-ordered queue, admission stops at the
 first sequence that does not fit (head-of-line blocking; kept so benchmarks can compare).
 
 `postprocess(batch, sampled)`: what ran is now in the cache (sequences' `num_computed`, prompts'
@@ -26,6 +28,7 @@ from server.engine.block_manager import BlockManager, OutOfBlocksError
 from server.engine.fair_share import FairShare
 from server.engine.prompt_cache import PromptCache, entry_key
 from server.engine.prompt_table import OutOfRowsError
+from server.engine.seat_share import SeatShare
 from server.engine.sequence import Sequence, SequenceStatus
 from server.engine.waiting_queue import WaitingQueue, is_starving
 
@@ -46,7 +49,9 @@ class Scheduler:
         self.prompt_cache = prompt_cache
         self.vocab_size = vocab_size
         self.fair_share = FairShare()  # charged under either policy; only "fair" orders admission by it
-        self.waiting = WaitingQueue(self.fair_share if config.scheduling_policy == "fair" else None)
+        is_fair = config.scheduling_policy == "fair"
+        self.waiting = WaitingQueue(self.fair_share if is_fair else None)
+        self.seat_share = SeatShare(config.max_num_seqs) if is_fair else None  # the last seats, for latecomers
         self.running: list[Sequence] = []
 
     @property
@@ -71,26 +76,48 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
+        if self.seat_share is not None:
+            self.seat_share.observe([*self.running, *self.waiting.heads()])
         budget = self._schedule_running(out, self.config.max_num_batched_tokens)
         if not out.preempted:
             self._schedule_waiting(out, budget)
         return out
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
-        i = 0
-        while i < len(self.running) and budget > 0:
-            seq = self.running[i]
+        pending = self._running_order()
+        while pending and budget > 0:
+            seq = pending[0]
             num_tokens = min(seq.num_uncomputed, budget)
             if not self._reserve(seq, seq.num_computed + num_tokens):
-                victim = self.running[-1]
+                victim = self._victim(pending)
                 self._preempt(victim, out)
+                pending.remove(victim)
                 if victim is seq:
                     break
                 continue
             self._schedule_chunk(seq, num_tokens, out)
             budget -= num_tokens
-            i += 1
+            pending.pop(0)
         return budget
+
+    def _running_order(self) -> list[Sequence]:
+        """Admission order; under "fair" the classes served least first (stable: admission order inside a class),
+        so a short budget goes to them first and the victims come from the classes served most."""
+        if self.config.scheduling_policy == "fcfs":
+            return list(self.running)
+        return sorted(self.running, key=lambda seq: self.fair_share.counter(seq.scheduling_class))
+
+    def _victim(self, pending: list[Sequence]) -> Sequence:
+        """Whom to preempt so `pending[0]` can grow: one not yet scheduled in this step, the most recently admitted
+        ("fcfs"), or under "fair" the most recently admitted of the class served most, so a tenant under its share
+        is not the one a flood's growth pushes out. The oldest running sequence is taken only when it is the only
+        one left: it always progresses, so something always finishes."""
+        oldest = self.running[0]
+        candidates = [seq for seq in pending if seq is not oldest] or pending
+        if self.config.scheduling_policy == "fcfs":
+            return candidates[-1]
+        most_served = max(candidates, key=lambda seq: self.fair_share.counter(seq.scheduling_class))
+        return next(seq for seq in reversed(candidates) if seq.scheduling_class == most_served.scheduling_class)
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
         """Admit waiting sequences in the queue's order while the budget and `max_num_seqs` allow. A head that cannot
@@ -101,6 +128,9 @@ class Scheduler:
             seq = self.waiting.next(closed)
             if seq is None:
                 return
+            if self.seat_share is not None and not self.seat_share.may_take_seat(seq, self.running):
+                closed.add(seq.scheduling_class)  # over its share of seats: the last ones are kept for others
+                continue
             used, admission = self._admit(seq, out, budget, now)
             budget -= used
             if admission is _Admission.ADMITTED:

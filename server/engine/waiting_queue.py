@@ -5,8 +5,10 @@ at the front. Tickets order each class's FIFO, and merged across classes they gi
 (preempted first) that "fcfs" admits from. Under "fair" the next is the head of the class with the smallest virtual
 token counter (fair_share.py), ties by ticket, so with a single class both orders are the same.
 
-A head that keeps finding no room is starving (`is_starving`): under "fair" it goes first, and the scheduler admits
-nobody while it does not fit.
+A head that keeps finding no room is starving (`is_starving`): when its turn comes, the scheduler admits nobody
+while it does not fit. Its turn still follows the counters: a starving head of a tenant served more than the others
+does not hold back a tenant under its share (the light tenant beside a flood), and it is not starved either, since
+the others' counters grow while it waits until its class is the first tried.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ if TYPE_CHECKING:
     from server.engine.fair_share import FairShare
     from server.engine.sequence import Sequence
 
-# A sequence whose admission found no blocks or prompt rows on more than this many steps is starving: it goes
-# first, and while it does not fit nobody is admitted. Otherwise skipping it (so other classes use what is free)
+# A sequence whose admission found no blocks or prompt rows on more than this many steps is starving: from its
+# turn on, while it does not fit, nobody is admitted. Otherwise skipping it (so other classes use what is free)
 # lets a stream of small requests take every block that is freed, forever, before enough are free at once for a
 # large prompt. Counted over the sequence's life, not reset at admission: admitted with the last free blocks, it is
 # the most recent and the first preempted, and a count reset each time lets that repeat forever.
@@ -81,18 +83,19 @@ class WaitingQueue:
     def _fifo(self, seq: Sequence) -> deque[_Entry]:
         return self._fifos.setdefault(seq.scheduling_class, deque())
 
+    def heads(self) -> list[Sequence]:
+        """The first waiting sequence of each class."""
+        return [fifo[0].seq for fifo in self._fifos.values()]
+
     # ---- admission order ----
 
     def next(self, closed: set[str]) -> Sequence | None:
         """The sequence to try admitting next: the head of a class not in `closed` (classes whose head could not be
-        admitted in this step). Under "fair" a starving head goes first; "fcfs" stops at any head that does not fit."""
+        admitted in this step): the oldest ("fcfs"), or the head of the class with the smallest counter ("fair")."""
         heads = [fifo[0] for scheduling_class, fifo in self._fifos.items() if scheduling_class not in closed]
         if not heads:
             return None
         fair_share = self._fair_share
         if fair_share is None:
             return min(heads, key=lambda e: e.ticket).seq
-        starving = [e for e in heads if is_starving(e.seq)]
-        if starving:
-            return min(starving, key=lambda e: e.ticket).seq
         return min(heads, key=lambda e: (fair_share.counter(e.seq.scheduling_class), e.ticket)).seq

@@ -151,8 +151,9 @@ class Sim:
     # ---- steps ----
     def step(self) -> SchedulerOutput:
         running_before = list(self.scheduler.running)
+        order = self._running_order_keys()
         out = self.scheduler.schedule()
-        self.check(out, running_before)
+        self.check(out, running_before, order)
         sampled = [_fake_token(seq) for seq in out.sampled_seqs]
         for seq in self.scheduler.postprocess(out, sampled):
             assert seq.token_ids[-1] == sampled.pop(0)
@@ -170,18 +171,31 @@ class Sim:
             outs.append(self.step())
         return outs
 
+    def _running_order_keys(self) -> dict[int, tuple]:
+        """The order running sequences get their chunks in: admission order, under "fair" the classes served least
+        first (their counters at the start of the step)."""
+        share = self.scheduler.fair_share
+        is_fair = self.config.scheduling_policy == "fair"
+        return {
+            id(seq): ((share.counter(seq.scheduling_class) if is_fair else 0.0), position)
+            for position, seq in enumerate(self.scheduler.running)
+        }
+
     # ---- invariants ----
-    def check(self, out: SchedulerOutput, running_before: list[Sequence]) -> None:
+    def check(self, out: SchedulerOutput, running_before: list[Sequence], order: dict[int, tuple]) -> None:
         sched, config = self.scheduler, self.config
         assert out.num_tokens <= config.max_num_batched_tokens, "token budget exceeded"
         assert len(sched.running) <= config.max_num_seqs
         seq_chunks = out.sequence_chunks
         assert len({id(c.seq) for c in seq_chunks}) == len(seq_chunks), "a sequence scheduled twice in one step"
-        # running sequences first (in admission order), then the newly admitted ones
+        # running sequences first (in `order`), then the newly admitted ones (in admission order)
         position = {id(s): i for i, s in enumerate(sched.running)}
         assert all(id(c.seq) in position for c in seq_chunks)
-        assert [position[id(c.seq)] for c in seq_chunks] == sorted(position[id(c.seq)] for c in seq_chunks)
         newly = [s for s in sched.running if all(s is not r for r in running_before)]
+        num_old = len(seq_chunks) - len(newly)
+        keys = [order[id(c.seq)] for c in seq_chunks[:num_old]]
+        assert keys == sorted(keys) and all(id(c.seq) in order for c in seq_chunks[:num_old])
+        assert [c.seq for c in seq_chunks[num_old:]] == newly
         assert sched.running[len(sched.running) - len(newly) :] == newly
         if out.preempted:
             assert not newly, "admitted a sequence in a step that preempted one"
