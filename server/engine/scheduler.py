@@ -81,6 +81,12 @@ class Scheduler:
         budget = self._schedule_running(out, self.config.max_num_batched_tokens)
         if not out.preempted:
             self._schedule_waiting(out, budget)
+        elif self.config.scheduling_policy == "fair":
+            # Memory is short, so admit nobody... but the classes served less than every one a preemption hit: the
+            # victims are taken from the classes served most, so otherwise a flood that fills the pool would keep a
+            # light tenant out for as long as it grows.
+            below = min(self.fair_share.counter(seq.scheduling_class) for seq in out.preempted)
+            self._schedule_waiting(out, budget, below)
         return out
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
@@ -119,15 +125,18 @@ class Scheduler:
         most_served = max(candidates, key=lambda seq: self.fair_share.counter(seq.scheduling_class))
         return next(seq for seq in reversed(candidates) if seq.scheduling_class == most_served.scheduling_class)
 
-    def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
-        """Admit waiting sequences in the queue's order while the budget and `max_num_seqs` allow. A head that cannot
-        be admitted now closes only its own class for this step; under "fcfs", or starving, it ends admission."""
+    def _schedule_waiting(self, out: SchedulerOutput, budget: int, below: float | None = None) -> None:
+        """Admit waiting sequences in the queue's order while the budget and `max_num_seqs` allow (and, with
+        `below`, only classes whose counter is below it). A head that cannot be admitted now closes only its own class
+        for this step; under "fcfs", or starving, it ends admission."""
         now = time.monotonic()
         closed: set[str] = set()  # classes whose head cannot be admitted in this step: no overtaking inside a class
         while budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting.next(closed)
             if seq is None:
                 return
+            if below is not None and self.fair_share.counter(seq.scheduling_class) >= below:
+                return  # the queue offers classes by counter: every one after this is served as much
             if self.seat_share is not None and not self.seat_share.may_take_seat(seq, self.running):
                 closed.add(seq.scheduling_class)  # over its share of seats: the last ones are kept for others
                 continue

@@ -673,3 +673,25 @@ def test_a_flood_leaves_the_last_seats_to_a_tenant_that_was_active_lately(sim):
         s.step()
         flood_request()
     assert sum(seq.scheduling_class == "flood" for seq in s.scheduler.running) == 32
+
+
+def test_a_flood_that_fills_the_pool_does_not_keep_a_light_tenant_out(sim):
+    """The flood's sequences outgrow the pool and preempt each other step after step, and a step that preempts admits
+    nobody... except, under "fair", classes served less than every class it preempted: the light tenant's request
+    starts at once instead of after the flood's backlog."""
+
+    def light_wait(policy: str) -> tuple[int, int]:
+        s = sim(num_blocks=64, block_size=1, max_num_seqs=8, max_num_batched_tokens=32, max_model_len=32,
+                scheduling_policy=policy)  # fmt: skip
+        for _ in range(20):
+            s.add(6, max_new_tokens=20, caller=tenant("flood"))
+        num_preempted = sum(len(s.step().preempted) for _ in range(30))
+        light = s.add(2, max_new_tokens=2, caller=tenant("light"))
+        arrived = s.num_steps
+        while light.first_scheduled_time is None:
+            s.step()
+        return s.num_steps - arrived, num_preempted
+
+    (fair, fair_preempted), (fcfs, _) = light_wait("fair"), light_wait("fcfs")
+    assert fair_preempted > 0  # the pool is the limit
+    assert fair <= 2 and fcfs >= 20, (fair, fcfs)

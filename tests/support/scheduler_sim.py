@@ -152,8 +152,10 @@ class Sim:
     def step(self) -> SchedulerOutput:
         running_before = list(self.scheduler.running)
         order = self._running_order_keys()
+        share = self.scheduler.fair_share
+        waiting_counters = {seq.scheduling_class: share.counter(seq.scheduling_class) for seq in self.scheduler.waiting}
         out = self.scheduler.schedule()
-        self.check(out, running_before, order)
+        self.check(out, running_before, order, waiting_counters)
         sampled = [_fake_token(seq) for seq in out.sampled_seqs]
         for seq in self.scheduler.postprocess(out, sampled):
             assert seq.token_ids[-1] == sampled.pop(0)
@@ -182,7 +184,13 @@ class Sim:
         }
 
     # ---- invariants ----
-    def check(self, out: SchedulerOutput, running_before: list[Sequence], order: dict[int, tuple]) -> None:
+    def check(
+        self,
+        out: SchedulerOutput,
+        running_before: list[Sequence],
+        order: dict[int, tuple],
+        waiting_counters: dict[str, float],
+    ) -> None:
         sched, config = self.scheduler, self.config
         assert out.num_tokens <= config.max_num_batched_tokens, "token budget exceeded"
         assert len(sched.running) <= config.max_num_seqs
@@ -197,8 +205,12 @@ class Sim:
         assert keys == sorted(keys) and all(id(c.seq) in order for c in seq_chunks[:num_old])
         assert [c.seq for c in seq_chunks[num_old:]] == newly
         assert sched.running[len(sched.running) - len(newly) :] == newly
-        if out.preempted:
-            assert not newly, "admitted a sequence in a step that preempted one"
+        if out.preempted and newly:
+            # under "fair", only classes served less than every class a preemption hit: below it at the step's start,
+            # it was below it when admitted (counters only grow) and stays below the victims' counters after the step
+            assert self.config.scheduling_policy == "fair", "admitted a sequence in a step that preempted one"
+            below = min(sched.fair_share.counter(seq.scheduling_class) for seq in out.preempted)
+            assert all(waiting_counters[seq.scheduling_class] < below for seq in newly)
         for seq in newly:
             if seq.num_preemptions == 0:
                 self._check_fcfs(seq)
