@@ -15,7 +15,6 @@ from prompt_store.documents import TENANTS_DOCUMENT
 from prompt_store.errors import ConflictError, InvalidTenantError, StorageError, UnknownTenantError
 from prompt_store.tenant_document import StoredKey, TenantDocument
 from prompt_store.tenant_rules import (
-    QUOTA_FIELDS,
     check_expiry,
     check_quota,
     check_quota_value,
@@ -23,7 +22,7 @@ from prompt_store.tenant_rules import (
     check_tenant_name,
     check_weight,
 )
-from prompt_store.tenants import KEY_PREFIX, TENANT_NAME_PATTERN, KeyInfo, NewKey, Tenant, TenantQuota
+from prompt_store.tenants import KEY_PREFIX, QUOTA_FIELDS, TENANT_NAME_PATTERN, KeyInfo, NewKey, Tenant, TenantQuota
 
 UPDATABLE_FIELDS = ("weight", *QUOTA_FIELDS)  # what update_tenant (PATCH) may change
 SECRET_BYTES = 32  # 256 random bits per key; the API promises at least 192

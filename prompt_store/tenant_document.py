@@ -17,14 +17,13 @@ from dataclasses import asdict, dataclass, field, replace
 
 from prompt_store.errors import InvalidTenantError
 from prompt_store.tenant_rules import (
-    QUOTA_FIELDS,
     as_finite_float,
     check_quota_value,
     check_scopes,
     check_tenant_name,
     check_weight,
 )
-from prompt_store.tenants import KeyInfo, Tenant, TenantQuota
+from prompt_store.tenants import QUOTA_FIELDS, KeyInfo, Tenant, TenantQuota
 
 TENANTS_FORMAT = 1
 KEY_ID_PATTERN = re.compile(r"key-[0-9a-f]{16}")

@@ -9,13 +9,12 @@ import math
 from collections.abc import Sequence
 
 from prompt_store.errors import InvalidTenantError
-from prompt_store.tenants import RESERVED_TENANT_NAMES, SCOPES, TENANT_NAME_PATTERN, TenantQuota
+from prompt_store.tenants import QUOTA_FIELDS, RESERVED_TENANT_NAMES, SCOPES, TENANT_NAME_PATTERN, TenantQuota
 
 MAX_WEIGHT = 1000.0
 # Quotas stay within a signed 64-bit integer: any JSON reader can hold them, and a huge Python int cannot make
 # json.dumps fail (int-to-str conversion is limited to 4300 digits).
 MAX_QUOTA = 2**63 - 1
-QUOTA_FIELDS = ("max_concurrent", "tokens_per_minute", "max_tasks", "max_prompt_bytes")  # TenantQuota's fields
 
 
 def as_finite_float(value: object) -> float | None:

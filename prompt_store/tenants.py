@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 TENANT_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 RESERVED_TENANT_NAMES = frozenset({"anonymous", "other"})  # metric label values of their own
@@ -27,6 +27,9 @@ class TenantQuota:
     tokens_per_minute: int | None = None  # prompt (virtual included) + generated tokens, over a sliding minute
     max_tasks: int | None = None  # tasks owned
     max_prompt_bytes: int | None = None  # stored bytes of every version of every task owned
+
+
+QUOTA_FIELDS = tuple(field.name for field in fields(TenantQuota))  # one name each in the API, the store, the CLI
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 from prompt_store.store_lock import StoreLock, StoreLockedError
-from prompt_store.tenants import SCOPES
+from prompt_store.tenants import QUOTA_FIELDS, SCOPES
 from server.config import ConfigError, ServerConfig, add_serve_flags, load_config
 from server.engine.client import EngineClient
 from server.http.serve import run_server
@@ -62,8 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     create = tenant.add_parser("create", help="create a tenant")
     create.add_argument("name")
     create.add_argument("--weight", type=float, help="share of the engine under contention (default 1)")
-    for flag in QUOTA_FLAGS:
-        create.add_argument(f"--{flag}", type=int, help="quota (default: none)")
+    for name in QUOTA_FIELDS:
+        create.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, help="quota (default: none)")
     create.set_defaults(run=_tenant_create)
     tenant_list = tenant.add_parser("list", help="list tenants")
     tenant_list.set_defaults(run=_tenant_list)
@@ -91,9 +91,6 @@ def _parser() -> argparse.ArgumentParser:
     for parser_ in (key_create, key_list, revoke):
         _add_client_flags(parser_, with_api_key=False)
     return parser
-
-
-QUOTA_FLAGS = ("max-concurrent", "tokens-per-minute", "max-tasks", "max-prompt-bytes")
 
 
 def _add_client_flags(parser: argparse.ArgumentParser, with_api_key: bool = True) -> None:
@@ -145,10 +142,7 @@ def _tenant_create(args: argparse.Namespace) -> int:
     body: dict[str, object] = {"name": args.name}
     if args.weight is not None:
         body["weight"] = args.weight
-    for flag in QUOTA_FLAGS:
-        value = getattr(args, flag.replace("-", "_"))
-        if value is not None:
-            body[flag.replace("-", "_")] = value
+    body |= {name: getattr(args, name) for name in QUOTA_FIELDS if getattr(args, name) is not None}
     _, tenant = _client(args).request_json("POST", "/v1/admin/tenants", body)
     print(f"created tenant {tenant['name']}: {_describe_tenant(tenant)}")
     return 0
@@ -194,7 +188,7 @@ def _key_revoke(args: argparse.Namespace) -> int:
 
 
 def _describe_tenant(tenant: dict) -> str:
-    quotas = [f"{flag}={tenant[flag.replace('-', '_')]}" for flag in QUOTA_FLAGS if tenant[flag.replace("-", "_")]]
+    quotas = [f"{name.replace('_', '-')}={tenant[name]}" for name in QUOTA_FIELDS if tenant[name]]
     return " ".join([f"weight={tenant['weight']:g}", *quotas])
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from server.config import ServerConfig
 from server.engine.client import EngineClient
@@ -38,3 +38,8 @@ class AppContext:
 async def get_context(request: Request) -> AppContext:
     # async: FastAPI runs plain-function dependencies in its thread pool, a hop no request needs.
     return request.app.state.context
+
+
+async def require_loaded(ctx: AppContext = Depends(get_context)) -> None:
+    """A route dependency: 503 until the model and the prompt store are loaded (admin and tenant routes)."""
+    ctx.service.require_loaded()

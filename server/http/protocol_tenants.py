@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
+from prompt_store.tenants import QUOTA_FIELDS
+
 if TYPE_CHECKING:
     from prompt_store.registry_types import OwnerUsage
     from prompt_store.tenants import KeyInfo, NewKey, Tenant
-
-QUOTA_FIELDS = ("max_concurrent", "tokens_per_minute", "max_tasks", "max_prompt_bytes")
 
 
 class TenantCreate(BaseModel):

@@ -16,7 +16,7 @@ from starlette.datastructures import FormData, UploadFile
 
 from prompt_store.errors import InvalidPromptError
 from server.http.auth import Principal, prompts_principal
-from server.http.context import AppContext, get_context
+from server.http.context import AppContext, get_context, require_loaded
 from server.http.protocol_admin import ActivateRequest, TaskList, TaskOut, UploadResponse
 
 CONFIG_PART, MODEL_PART = "adapter_config", "adapter_model"
@@ -39,12 +39,8 @@ class AnyTaskName(Convertor):
 register_url_convertor("any_task_name", AnyTaskName())
 
 
-async def _require_loaded(ctx: AppContext = Depends(get_context)) -> None:
-    ctx.service.require_loaded()
-
-
 # Checked in this order: the token first, so an unauthenticated caller learns nothing about the server's state.
-router = APIRouter(prefix="/v1/admin/prompts", dependencies=[Depends(prompts_principal), Depends(_require_loaded)])
+router = APIRouter(prefix="/v1/admin/prompts", dependencies=[Depends(prompts_principal), Depends(require_loaded)])
 
 
 @router.put("/{task:any_task_name}", response_model=UploadResponse, status_code=201)

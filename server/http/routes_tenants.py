@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from prompt_store.tenants import TenantQuota
 from server.http.auth import require_operator
-from server.http.context import AppContext, get_context
+from server.http.context import AppContext, get_context, require_loaded
 from server.http.protocol_tenants import (
     KeyCreate,
     KeyCreated,
@@ -21,12 +21,7 @@ from server.http.protocol_tenants import (
     TenantPatch,
 )
 
-
-async def _require_loaded(ctx: AppContext = Depends(get_context)) -> None:
-    ctx.service.require_loaded()
-
-
-router = APIRouter(prefix="/v1/admin/tenants", dependencies=[Depends(require_operator), Depends(_require_loaded)])
+router = APIRouter(prefix="/v1/admin/tenants", dependencies=[Depends(require_operator), Depends(require_loaded)])
 
 
 @router.post("", response_model=TenantOut, status_code=201)
