@@ -29,6 +29,7 @@ class EngineConfig:
     use_reference_kernels: bool = False  # force the torch reference path even on CUDA
     fault_injection: str | None = None  # tests only: "run:MARKER" or "loop:MARKER" (engine/fault_injection.py)
     scheduling_policy: str = "fair"  # "fair": weighted fair share between tenants (engine/fair_share.py) | "fcfs"
+    enable_prefix_caching: bool = True  # reuse cached K/V of full prompt blocks (engine/prefix_cache.py)
 
     def __post_init__(self) -> None:
         _require(
@@ -144,6 +145,7 @@ _ENGINE_ENV = {
     "use_reference_kernels": ("PROMPTSWAP_REFERENCE_KERNELS", bool),
     "fault_injection": ("PROMPTSWAP_FAULT_INJECTION", str),
     "scheduling_policy": ("PROMPTSWAP_SCHEDULING_POLICY", str),
+    "enable_prefix_caching": ("PROMPTSWAP_PREFIX_CACHING", bool),
 }
 _STORE_ENV = {
     "directory": ("PROMPTSWAP_STORE", Path),
@@ -207,3 +209,10 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
         help="inference routes need a tenant API key (Authorization: Bearer ps-...)",
     )
     parser.add_argument("--audit-log", dest="audit_log", type=Path, help="audit log file (default: STORE/audit.log)")
+    parser.add_argument(
+        "--no-prefix-caching",
+        dest="enable_prefix_caching",
+        action="store_const",
+        const=False,
+        help="compute every prompt in full instead of reusing cached K/V of prompt blocks seen before",
+    )

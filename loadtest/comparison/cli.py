@@ -35,13 +35,22 @@ What each arm does (same prompts, same model, fp32, greedy, exactly --new-tokens
   f  a control for (e): promptswap with no prompts, each prompt lengthened by --virtual-tokens real tokens, so
      every query attends over as many keys as in (e). (e)/(f) near 1 means a soft prompt costs what its
      length costs and nothing more.
+  g  the chat workload on promptswap, prefix caching on (as served): --chat-requests requests, each the chat
+     template over one shared system prompt of --chat-system-tokens tokens and a question of its own;
+     --chat-base-fraction use the base model, the rest a task (Zipf over --tasks); --chat-concurrency in flight.
+  h  the same with prefix caching off (--no-prefix-caching).
 
 decode tok/s: the rate while the first wave of requests (min(--requests, --concurrency)) is all decoding,
 read off per-token timestamps (arms c, d, e). roofline: measured fp32 matmul rate / (2 x parameters).
-Targets checked: (e)/(a) >= 10, (e)/(c) >= 1.2, (e)/(d) >= 0.97, (e) decode >= 60% of the roofline.
+Targets checked: (e)/(a) >= 10, (e)/(c) >= 1.2, (e)/(d) >= 0.97, (e) decode >= 60% of the roofline;
+chat: TTFT p50 (h)/(g) >= 2, and (g) reuses >= 75% of the shared prefix of requests whose task came before.
 """
 
 TARGETS = (("e/a", 10.0), ("e/c", 1.2), ("e/d", 0.97))
+CHAT_TTFT_TARGET = 2.0  # TTFT p50 without prefix caching / with it
+CHAT_HIT_TARGET = 0.75  # shared-prefix tokens reused by requests whose context was seen before
+ARMS = "abcdefgh"
+REPEATED_ARMS = "cdefgh"  # interleaved by --repeats; (a) and (b) are too slow to repeat
 DECODE_ROOFLINE_TARGET = 0.60
 
 
@@ -61,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--requests", type=int, default=64, help="requests per arm (default: %(default)s)")
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight (default: %(default)s)")
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per request (default: 32)")
-    parser.add_argument("--arms", default="abcdef", help="which arms, e.g. 'cde' or 'a,e' (default: abcdef)")
+    parser.add_argument("--arms", default=ARMS, help=f"which arms, e.g. 'cde' or 'a,e' (default: {ARMS})")
     parser.add_argument("--tasks", type=int, default=100, help="random adapters (default: %(default)s)")
     parser.add_argument("--virtual-tokens", type=int, default=20, help="per adapter (default: %(default)s)")
     parser.add_argument("--zipf", type=float, default=1.0, help="task popularity exponent (default: 1)")
@@ -72,6 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="runs of arms c, d, e, f, interleaved (a shared machine is noisy); the best run of "
         "each is reported, all are in the JSON. Arms a and b run once.",
+    )
+    parser.add_argument("--chat-requests", type=int, default=64, help="arms (g), (h) (default: %(default)s)")
+    parser.add_argument(
+        "--chat-system-tokens", type=int, default=200, help="shared system prompt length (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--chat-base-fraction", type=float, default=0.2, help="chat requests without a task (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--chat-concurrency", type=int, default=16, help="chat requests in flight (default: %(default)s)"
     )
     parser.add_argument("--cb-page-size", type=int, default=16, help="arm (c) page size (default: 16)")
     parser.add_argument("--cb-max-batch-tokens", type=int, default=256, help="arm (c) step budget (default: 256)")
@@ -95,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    arms = [arm for arm in args.arms.replace(",", "") if arm in "abcdef"]
+    arms = [arm for arm in args.arms.replace(",", "") if arm in ARMS]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.manual_seed(args.seed)
     bench = Bench(args)
@@ -106,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             results[arm].append(bench.run(arm))
     for _ in range(args.repeats):
         for arm in arms:
-            if arm in "cdef":
+            if arm in REPEATED_ARMS:
                 results[arm].append(bench.run(arm))
     bench.measure_roofline_again()
     best = {arm: max(runs, key=lambda r: r.tokens_per_s) for arm, runs in results.items()}
@@ -157,6 +176,8 @@ class Bench:
             "d": lambda: self._arm_engine("d"),
             "e": lambda: self._arm_engine("e"),
             "f": lambda: self._arm_engine("f"),
+            "g": lambda: self._arm_chat("g"),
+            "h": lambda: self._arm_chat("h"),
         }
 
     @property
@@ -249,6 +270,28 @@ class Bench:
                 extra_tokens,
             )
 
+    def _arm_chat(self, arm: str) -> ArmResult:
+        from loadtest.comparison import arm_chat, arm_engine
+        from loadtest.comparison.chat_workload import build_chat_requests
+        from server.config import EngineConfig
+
+        args = self.args
+        requests = build_chat_requests(
+            self.tokenizer,
+            self.adapters,
+            args.chat_requests,
+            args.chat_system_tokens,
+            args.chat_base_fraction,
+            args.zipf,
+            args.seed,
+        )
+        caching = arm == "g"
+        config = EngineConfig(enable_prefix_caching=caching)
+        engine = arm_engine.build_engine(str(self.model_path), self.cache_dir, self.adapters, config)
+        arm_engine.warm_up(engine, self.requests)  # other prompts: nothing of the chat workload is cached before
+        description = f"promptswap engine, chat workload, prefix caching {'on' if caching else 'off'}"
+        return arm_chat.run_chat(engine, requests, args.new_tokens, args.chat_concurrency, arm, description)
+
 
 class _profiled:
     """torch.profiler around a block, its op table written to `path`; does nothing when path is None."""
@@ -295,6 +338,7 @@ def format_report(args, bench: Bench, best: dict[str, ArmResult]) -> str:
             lines.append(f"{'':<4}{'':>9}  {result.note}")
     lines.append("")
     lines += [_target_line(name, value, dict(TARGETS).get(name)) for name, value in ratios(best).items()]
+    lines += _chat_lines(best)
     if "e" in best and best["e"].decode_tokens_per_s:
         fraction = best["e"].decode_tokens_per_s / roof.tokens_per_s
         verdict = "holds" if fraction >= DECODE_ROOFLINE_TARGET else "does not hold"
@@ -303,6 +347,37 @@ def format_report(args, bench: Bench, best: dict[str, ArmResult]) -> str:
             f"(target >= {DECODE_ROOFLINE_TARGET:.0%}: {verdict})"
         )
     return "\n".join(lines)
+
+
+def chat_ratios(best: dict[str, ArmResult]) -> dict[str, float]:
+    """TTFT p50 without caching / with it, and (g)'s reuse of the shared prefix; from the best run of each."""
+    if "g" not in best:
+        return {}
+    figures = {"g shared-prefix hit rate": best["g"].extra["shared_prefix_hit_rate_after_warm_up"]}
+    if "h" in best:
+        figures["h/g ttft p50"] = best["h"].extra["ttft_p50_s"] / best["g"].extra["ttft_p50_s"]
+        figures["g/h tok/s"] = best["g"].tokens_per_s / best["h"].tokens_per_s
+    return figures
+
+
+def _chat_lines(best: dict[str, ArmResult]) -> list[str]:
+    figures = chat_ratios(best)
+    lines = []
+    if "h/g ttft p50" in figures:
+        value = figures["h/g ttft p50"]
+        verdict = "holds" if value >= CHAT_TTFT_TARGET else "does not hold"
+        lines.append(
+            f"chat: TTFT p50 without / with prefix caching = {value:.2f} (target >= {CHAT_TTFT_TARGET:g}: {verdict});"
+            f" tok/s with / without = {figures['g/h tok/s']:.2f}"
+        )
+    if figures:
+        value = figures["g shared-prefix hit rate"]
+        verdict = "holds" if value >= CHAT_HIT_TARGET else "does not hold"
+        lines.append(
+            f"chat: shared prefix reused by requests of a context seen before = {value:.0%} "
+            f"(target >= {CHAT_HIT_TARGET:.0%}: {verdict})"
+        )
+    return lines
 
 
 def _header(args, bench: Bench) -> list[str]:
@@ -372,6 +447,7 @@ def results_document(args, bench: Bench, results, best, load_averages) -> dict:
             arm: [asdict(run) | {"tokens_per_s": run.tokens_per_s} for run in runs] for arm, runs in results.items()
         },
         "ratios": ratios(best),
+        "chat": chat_ratios(best),
         "targets": {name: {"target": target, "value": ratios(best).get(name)} for name, target in TARGETS},
     }
 

@@ -14,6 +14,8 @@ SHORT_NAMES = {
     "d": "(d) promptswap\nno prompts",
     "e": "(e) promptswap\ntask mix",
     "f": "(f) promptswap\nno prompts, prompts\nas long as (e)'s",
+    "g": "(g) promptswap\nchat, prefix\ncaching on",
+    "h": "(h) promptswap\nchat, prefix\ncaching off",
 }
 
 

@@ -6,7 +6,8 @@ weighted tokens. The fair policy admits the head of the backlogged class with th
 
 Service is charged as the scheduler hands it out, `cost / weight`:
 - a sequence's own prompt tokens when the chunk that computes them is scheduled, each once: recomputing them after
-  a preemption is the engine's cost, not service the class asked for (per-sequence high-water marks);
+  a preemption is the engine's cost, not service the class asked for (per-sequence high-water marks); tokens found
+  in the prefix cache at admission are not computed, and not charged;
 - its task's virtual tokens once, at its first admission (the K/V are shared, but a soft prompt is part of what the
   request asks the engine to attend, and the tenant chose its length). When the sequence's own head schedules a
   chunk of its prompt's one-time K/V computation, that part is charged then, in advance: a prompt longer than
@@ -108,6 +109,12 @@ class FairShare:
         if num_new > 0:
             charged.num_prompt += num_new
             self._charge(seq, PROMPT_TOKEN_COST * num_new)
+
+    def skip_cached(self, seq: Sequence, num_cached: int) -> None:
+        """The sequence was admitted with its first `num_cached` tokens found in the prefix cache: those prompt
+        tokens are never charged (reusing K/V is not service the engine computes)."""
+        charged = self._charged[seq]
+        charged.num_prompt = max(charged.num_prompt, min(num_cached, seq.num_prompt_tokens))
 
     def charge_output(self, seq: Sequence) -> None:
         """The sequence took a generated token."""

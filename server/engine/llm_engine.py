@@ -32,6 +32,7 @@ from server.engine.histogram import BATCH_SIZE_BUCKETS, Histogram
 from server.engine.kv_cache import KVCache
 from server.engine.live_request import LiveRequest, OutputCallback, RequestHandle
 from server.engine.model_runner import ModelRunner
+from server.engine.prefix_cache import PrefixCache
 from server.engine.prompt_cache import PromptCache
 from server.engine.prompt_loader import PromptLoader
 from server.engine.prompt_table import PromptTable
@@ -64,7 +65,8 @@ class LLMEngine:
         kv_cache = KVCache(shape, config.num_kv_blocks, config.block_size, device, model.dtype)
         prompt_table = PromptTable(config.prompt_table_rows, shape.hidden_size, device, model.dtype)
         self.prompt_cache = PromptCache(registry, self.block_manager, kv_cache, prompt_table)
-        self.scheduler = Scheduler(config, self.block_manager, self.prompt_cache, shape.vocab_size)
+        self.prefix_cache = PrefixCache(self.block_manager, config.enable_prefix_caching)
+        self.scheduler = Scheduler(config, self.block_manager, self.prompt_cache, self.prefix_cache, shape.vocab_size)
         self.runner = ModelRunner(model, kv_cache, prompt_table, config.use_reference_kernels)
         self._lock = threading.Lock()  # guards the request table and the arrivals across threads
         self._requests: dict[str, LiveRequest] = {}  # every request not yet delivered its last output
@@ -151,6 +153,8 @@ class LLMEngine:
             num_steps=self.num_steps,
             batch_sizes=self.batch_sizes,
             num_step_failures=self.num_step_failures,
+            num_prefix_cache_queried_tokens=self.prefix_cache.num_queried_tokens,
+            num_prefix_cache_hit_tokens=self.prefix_cache.num_hit_tokens,
         )
 
     # ---- the loop thread ----

@@ -105,6 +105,8 @@ class EngineStats:
     num_steps: int  # steps that ran a batch
     batch_sizes: Histogram  # sequences per step, since start-up
     num_step_failures: int = 0  # steps whose run or sample raised (only the requests at fault failed)
+    num_prefix_cache_queried_tokens: int = 0  # tokens admitted sequences needed in the cache, since start-up
+    num_prefix_cache_hit_tokens: int = 0  # of those, found in the prefix cache
 
     @property
     def kv_cache_usage(self) -> float:

@@ -12,9 +12,13 @@ conserving), unless it has been starving for blocks; and while tenants contend, 
 classes under their share of them (seat_share.py). "fcfs": one arrival-ordered queue, admission stops at the
 first sequence that does not fit (head-of-line blocking; kept so benchmarks can compare).
 
+A sequence admitted (first, or again after a preemption) starts from the longest run of its full token blocks
+already cached after the same context (prefix_cache.py): those blocks are shared, and only the rest is computed.
+
 `postprocess(batch, sampled)`: what ran is now in the cache (sequences' `num_computed`, prompts'
-`num_materialized` advance), each sequence at its last token takes its sampled token, and finished sequences leave,
-freeing their blocks and prompt entries. Only these two methods move a sequence through its scheduling states.
+`num_materialized` advance, blocks that became full are published for reuse), each sequence at its last token
+takes its sampled token, and finished sequences leave, freeing their blocks and prompt entries. Only these two
+methods move a sequence through its scheduling states.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from server.config import EngineConfig
 from server.engine.batch import MaterializationChunk, SchedulerOutput, SequenceChunk
 from server.engine.block_manager import BlockManager, OutOfBlocksError
 from server.engine.fair_share import FairShare
+from server.engine.prefix_cache import PrefixCache
 from server.engine.prompt_cache import PromptCache, entry_key
 from server.engine.prompt_table import OutOfRowsError
 from server.engine.seat_share import SeatShare
@@ -43,10 +48,18 @@ class _Admission(enum.Enum):
 
 
 class Scheduler:
-    def __init__(self, config: EngineConfig, block_manager: BlockManager, prompt_cache: PromptCache, vocab_size: int):
+    def __init__(
+        self,
+        config: EngineConfig,
+        block_manager: BlockManager,
+        prompt_cache: PromptCache,
+        prefix_cache: PrefixCache,
+        vocab_size: int,
+    ):
         self.config = config
         self.block_manager = block_manager
         self.prompt_cache = prompt_cache
+        self.prefix_cache = prefix_cache
         self.vocab_size = vocab_size
         self.fair_share = FairShare()  # charged under either policy; only "fair" orders admission by it
         is_fair = config.scheduling_policy == "fair"
@@ -155,11 +168,15 @@ class Scheduler:
         if not self._hold_prompt(seq):
             return 0, _Admission.NO_ROOM
         used, is_prompt_ready = self._materialize(seq, out, budget)
+        if is_prompt_ready:
+            self._take_cached(seq)
         num_tokens = min(seq.num_uncomputed, budget - used)
         admission = self._reserve_first_chunk(seq, is_prompt_ready, num_tokens)
         if admission is not _Admission.ADMITTED:
-            self._drop_prompt(seq)  # a waiting sequence pins nothing, or pinned prompts could starve the pool
+            self._free(seq)  # a waiting sequence holds nothing, or held prompts and blocks could starve the pool
             return used, admission
+        self.prefix_cache.count(seq, seq.num_computed)
+        self.fair_share.skip_cached(seq, seq.num_computed)  # cached prompt tokens are no service to charge
         self.waiting.remove(seq)
         seq.status = SequenceStatus.RUNNING
         if seq.first_scheduled_time is None:
@@ -176,6 +193,11 @@ class Scheduler:
         if not self._reserve(seq, seq.num_computed + num_tokens):
             return _Admission.NO_ROOM
         return _Admission.ADMITTED
+
+    def _take_cached(self, seq: Sequence) -> None:
+        """Start the waiting sequence from its cached full blocks."""
+        seq.own_blocks = self.prefix_cache.take_cached(seq)
+        seq.num_computed = len(seq.own_blocks) * self.block_manager.block_size
 
     def _hold_prompt(self, seq: Sequence) -> bool:
         """Make the sequence's soft prompt device-resident; False if there is no room now."""
@@ -260,7 +282,7 @@ class Scheduler:
         out.preempted.append(seq)
 
     def _free(self, seq: Sequence) -> None:
-        self.block_manager.free(seq.own_blocks)
+        self.block_manager.free(seq.own_blocks[::-1])  # last first: a cached chain is forgotten from its tail
         seq.own_blocks = []
         seq.num_computed = 0
         self._drop_prompt(seq)
@@ -277,6 +299,7 @@ class Scheduler:
             self.prompt_cache.drop(mat.entry)
         for chunk in batch.sequence_chunks:
             chunk.seq.num_computed += chunk.num_tokens
+            self.prefix_cache.publish(chunk.seq, chunk.own_start)
         now = time.monotonic()
         sampled = batch.sampled_seqs
         for seq, token_id in zip(sampled, sampled_token_ids, strict=True):

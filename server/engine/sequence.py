@@ -2,7 +2,8 @@
 finishing, and turning what is new into the RequestOutput its caller receives.
 
 What the scheduler assigns (status between waiting and running, blocks, the prompt entry, `num_computed`,
-`num_preemptions`, `num_blocked_steps`, `first_scheduled_time`) is changed only in scheduler.py.
+`num_preemptions`, `num_blocked_steps`, `first_scheduled_time`) is changed only in scheduler.py; `block_keys` only
+in prefix_cache.py, which extends it as the sequence's full blocks are keyed.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Sequence:
     max_model_len: int | None = None  # virtual + own tokens at which generation ends; None: no cap
     num_computed: int = 0  # own tokens whose K/V are in the cache
     own_blocks: list[int] = field(default_factory=list)  # cache blocks after the shared prefix blocks
+    block_keys: list[bytes] = field(default_factory=list)  # its full blocks' prefix-cache keys (prefix_cache.py)
     prompt_entry: PromptCacheEntry | None = None  # PromptCacheEntry while the prefix is held on the device
     status: SequenceStatus = SequenceStatus.WAITING
     finish_reason: FinishReason | None = None

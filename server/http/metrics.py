@@ -194,6 +194,16 @@ class _EngineStateCollector(Collector):
             "Engine steps whose run or sample raised; only the requests at fault failed",
             value=engine.num_step_failures if engine else 0,
         )
+        yield CounterMetricFamily(
+            "promptswap_prefix_cache_queried_tokens",
+            "Tokens admitted requests needed in the KV cache (each admission, a resumed preempted one included)",
+            value=engine.num_prefix_cache_queried_tokens if engine else 0,
+        )
+        yield CounterMetricFamily(
+            "promptswap_prefix_cache_hit_tokens",
+            "Of the queried tokens, those found in the prefix cache and not computed",
+            value=engine.num_prefix_cache_hit_tokens if engine else 0,
+        )
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -296,6 +296,22 @@ def test_metrics_expose_every_contract_name_and_count_traffic(server, client, ta
     assert metric_value(after, "promptswap_num_requests_running") == 0
 
 
+def test_a_repeated_prompt_is_served_from_the_prefix_cache(client, tasks):
+    prompt = "Write three short sentences about Paris, the capital of France, for a travel guide. " * 2
+    hit, queried = "promptswap_prefix_cache_hit_tokens_total", "promptswap_prefix_cache_queried_tokens_total"
+    before = client.get("/metrics").text
+    first, _ = stream_generate(client, "geo-prompt", prompt)
+    between = client.get("/metrics").text
+    second, _ = stream_generate(client, "geo-prompt", prompt)
+    after = client.get("/metrics").text
+    assert second == first
+    num_prompt_tokens = metric_value(between, queried) - metric_value(before, queried)
+    assert num_prompt_tokens > 32  # at least two full blocks of 16
+    assert metric_value(after, queried) - metric_value(between, queried) == num_prompt_tokens
+    reused = metric_value(after, hit) - metric_value(between, hit)
+    assert reused == (num_prompt_tokens - 1) // 16 * 16  # every full block, the last token computed
+
+
 def test_cli_upload_and_list_talk_to_the_server(server, tasks):
     env = {**os.environ, "PROMPTSWAP_ADMIN_TOKEN": server.admin_token}
     upload = subprocess.run(

@@ -1,4 +1,4 @@
-"""BlockManager: the free-list allocator of KV cache blocks."""
+"""BlockManager: the pool of KV cache blocks: allocation, holds, and published (findable) full blocks."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from server.engine.block_manager import BlockManager, OutOfBlocksError
 
 
-def _state(manager: BlockManager) -> tuple[int, list[int], list[bool]]:
-    return manager.num_free, list(manager._free), list(manager._is_free)
+def _state(manager: BlockManager) -> tuple:
+    return manager.num_free, list(manager._free), list(manager._num_holders), dict(manager._key_of)
 
 
 def test_allocate_hands_out_distinct_blocks_and_counts_them():
@@ -159,3 +159,57 @@ def test_random_allocate_free_keeps_accounting(num_blocks, block_size, ops):
         manager.free(blocks)
     assert manager.num_free == num_blocks
     assert sorted(manager.allocate(num_blocks)) == list(range(num_blocks))
+
+
+# ---- holds and published blocks (the prefix cache's part) ----
+
+
+def test_a_published_block_is_found_again_after_its_holder_frees_it():
+    manager = BlockManager(num_blocks=4, block_size=4)
+    block = manager.allocate(1)[0]
+    manager.publish(block, b"k1")
+    manager.free([block])
+    assert manager.num_free == 4  # free, and still findable
+    assert manager.take_published([b"k1", b"k2"]) == [block]  # the run stops at the first unknown key
+    assert manager.num_free == 3 and manager.num_reused == 1
+    manager.free([block])
+    assert manager.num_free == 4
+
+
+def test_holders_are_counted_and_the_block_frees_with_the_last():
+    manager = BlockManager(num_blocks=2, block_size=4)
+    block = manager.allocate(1)[0]
+    manager.publish(block, b"k")
+    assert manager.take_published([b"k"]) == [block]  # a second holder while the first still holds it
+    manager.free([block])
+    assert manager.num_free == 1  # one holder left
+    manager.free([block])
+    assert manager.num_free == 2
+    with pytest.raises(ValueError):
+        manager.free([block])
+
+
+def test_allocation_takes_unpublished_blocks_first_then_the_least_recently_freed():
+    manager = BlockManager(num_blocks=4, block_size=4)
+    a, b, c, d = manager.allocate(4)
+    manager.publish(a, b"a")
+    manager.publish(b, b"b")
+    manager.free([b, a])  # published, freed in this order: b is the older
+    manager.free([c])  # nothing findable: reused first
+    assert manager.allocate(1) == [c]
+    assert manager.allocate(1) == [b]  # forgets b's key
+    assert manager.num_forgotten == 1
+    assert manager.take_published([b"b"]) == [] and manager.take_published([b"a"]) == [a]
+    manager.free([d])
+    assert manager.num_free == 1
+
+
+def test_a_key_keeps_its_first_block():
+    manager = BlockManager(num_blocks=4, block_size=4)
+    first, second = manager.allocate(2)
+    manager.publish(first, b"k")
+    manager.publish(second, b"k")  # the same content computed twice: the copy stays private
+    manager.publish(first, b"other")  # and a block has one key
+    manager.free([first, second])
+    assert manager.take_published([b"k"]) == [first] and manager.take_published([b"other"]) == []
+    assert manager.num_published == 1

@@ -23,34 +23,16 @@ from server.engine.request import FinishReason
 from server.engine.seat_share import MEMORY_STEPS
 from server.engine.sequence import Sequence, SequenceStatus
 from server.engine.waiting_queue import MAX_BLOCKED_STEPS
-from tests.support.scheduler_sim import TASKS, Sim, make_registry
+from tests.support.scheduler_sim import TASKS, Sim
 
 POLICIES = ("fair", "fcfs")
 _SETTINGS = settings(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    return make_registry(tmp_path_factory.mktemp("peft"))
 
 
 @pytest.fixture(autouse=True)
 def no_leaked_pins(registry):
     yield
     assert registry.stats().num_pinned_versions == 0, "a test left registry refs pinned"
-
-
-@pytest.fixture
-def sim(registry):
-    sims = []
-
-    def make(**options) -> Sim:
-        sims.append(Sim(registry, **options))
-        return sims[-1]
-
-    yield make
-    for s in sims:
-        s.close()
 
 
 def tenant(name: str, weight: float = 1.0) -> Caller:
@@ -694,4 +676,6 @@ def test_a_flood_that_fills_the_pool_does_not_keep_a_light_tenant_out(sim):
 
     (fair, fair_preempted), (fcfs, _) = light_wait("fair"), light_wait("fcfs")
     assert fair_preempted > 0  # the pool is the limit
-    assert fair <= 2 and fcfs >= 20, (fair, fcfs)
+    # Within a few steps (the pool is full of growing flood sequences, which under prefix caching resume from their
+    # cached blocks after a preemption), against the flood's whole backlog under "fcfs".
+    assert fair <= 3 and fcfs >= 20, (fair, fcfs)

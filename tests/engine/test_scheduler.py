@@ -13,31 +13,13 @@ from hypothesis import strategies as st
 from server.engine.batch import MaterializationChunk, SchedulerOutput
 from server.engine.request import FinishReason
 from server.engine.sequence import Sequence, SequenceStatus
-from tests.support.scheduler_sim import TASKS, Sim, make_registry
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    return make_registry(tmp_path_factory.mktemp("peft"))
+from tests.support.scheduler_sim import TASKS, Sim
 
 
 @pytest.fixture(autouse=True)
 def no_leaked_pins(registry):
     yield
     assert registry.stats().num_pinned_versions == 0, "a test left registry refs pinned"
-
-
-@pytest.fixture
-def sim(registry):
-    sims = []
-
-    def make(**options) -> Sim:
-        sims.append(Sim(registry, **options))
-        return sims[-1]
-
-    yield make
-    for s in sims:
-        s.close()
 
 
 def _seq_chunks(out: SchedulerOutput) -> dict[str, tuple[int, int, bool]]:

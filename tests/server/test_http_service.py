@@ -31,6 +31,8 @@ CONTRACT_METRICS = [
     "registry_evictions_total",
     "prompt_uploads_total",
     "engine_step_failures_total",
+    "prefix_cache_hit_tokens_total",
+    "prefix_cache_queried_tokens_total",
     "prompt_upload_seconds",
     "tenant_requests_total",
     "tenant_tokens_total",

@@ -22,6 +22,7 @@ from server.engine.batch import MaterializationChunk, SchedulerOutput
 from server.engine.block_manager import BlockManager
 from server.engine.detokenizer import IncrementalDetokenizer
 from server.engine.kv_cache import KVCache
+from server.engine.prefix_cache import PrefixCache
 from server.engine.prompt_cache import PromptCache
 from server.engine.prompt_table import PromptTable
 from server.engine.request import FinishReason, GenerationRequest, SamplingParams
@@ -78,6 +79,7 @@ class Sim:
         prompt_table_rows: int = 64,
         max_model_len: int | None = None,
         scheduling_policy: str = "fair",
+        enable_prefix_caching: bool = True,
     ):
         self.registry = registry
         self.max_model_len = max_model_len  # as LLMEngine: virtual + own tokens; None: no cap
@@ -88,13 +90,15 @@ class Sim:
             max_num_batched_tokens=max_num_batched_tokens,
             prompt_table_rows=prompt_table_rows,
             scheduling_policy=scheduling_policy,
+            enable_prefix_caching=enable_prefix_caching,
         )
         self.block_manager = BlockManager(num_blocks, block_size)
         self.prompt_table = PromptTable(prompt_table_rows, SHAPE.hidden_size, CPU, torch.float32)
         self.prompt_cache = PromptCache(
             registry, self.block_manager, KVCache(SHAPE, num_blocks, block_size, CPU, torch.float32), self.prompt_table
         )
-        self.scheduler = Scheduler(self.config, self.block_manager, self.prompt_cache, VOCAB)
+        self.prefix_cache = PrefixCache(self.block_manager, enable_prefix_caching)
+        self.scheduler = Scheduler(self.config, self.block_manager, self.prompt_cache, self.prefix_cache, VOCAB)
         self.arrivals: list[Sequence] = []
         self.first_admitted: list[Sequence] = []
         self.num_steps = 0
@@ -109,8 +113,11 @@ class Sim:
         max_new_tokens: int = 4,
         subtask: int = 0,
         caller: Caller = ANONYMOUS,
+        prompt: tuple[int, ...] | None = None,
     ) -> Sequence:
-        prompt = tuple((len(self.arrivals) * 13 + i) % VOCAB for i in range(prompt_len))
+        """A request of `prompt_len` tokens (or exactly `prompt`), different from every other's unless given."""
+        if prompt is None:
+            prompt = tuple((len(self.arrivals) * 13 + i) % VOCAB for i in range(prompt_len))
         request = GenerationRequest(
             request_id=f"r{len(self.arrivals)}",
             prompt_token_ids=prompt,
@@ -271,9 +278,20 @@ class Sim:
         sched, cache = self.scheduler, self.prompt_cache
         live = list(sched.running) + list(sched.waiting)
         entries = list(cache._entries.values())
-        held = [b for s in live for b in s.own_blocks] + [b for e in entries for b in e.prefix_blocks]
-        assert len(held) == len(set(held)), "a block is held twice"
-        assert self.block_manager.num_free + len(held) == self.block_manager.num_blocks, "blocks leaked"
+        manager, size = self.block_manager, self.config.block_size
+        prefix_blocks = [b for e in entries for b in e.prefix_blocks]
+        held = Counter(b for s in live for b in s.own_blocks) + Counter(prefix_blocks)
+        assert all(manager._num_holders[b] == n for b, n in held.items()), "a hold is not counted, or one leaked"
+        assert manager.num_free + len(held) == manager.num_blocks, "blocks leaked"
+        assert not any(b in manager._key_of for b in prefix_blocks), "a prompt's prefix block is a cached one"
+        for s in live:  # a sequence's published blocks are its first ones, full and computed: read-only
+            published = [i for i, b in enumerate(s.own_blocks) if b in manager._key_of]
+            assert published == list(range(len(published))) and len(published) * size <= s.num_computed
+            for i in published:
+                assert manager._key_of[s.own_blocks[i]] == s.block_keys[i], "a block shared under another's key"
+        for c in out.sequence_chunks:  # what this step wrote
+            written = c.own_blocks[c.own_start // size : -(-c.own_len // size)]
+            assert not any(b in manager._key_of and held[b] > 1 for b in written), "a shared block was written"
         assert all(s.own_blocks == [] and s.num_computed == 0 for s in sched.waiting)
         users = Counter(id(s.prompt_entry) for s in live if s.prompt_entry is not None)
         users.update(id(m.entry) for m in out.materializations)  # each chunk in flight holds its entry too
