@@ -47,16 +47,25 @@ def run_chat(
     after = engine.stats()
     if any(len(times) != new_tokens for times in token_times):
         raise AssertionError(f"engine made {sorted({len(t) for t in token_times})} tokens per request")
-    ttfts = sorted(times[0] - submitted[i] for i, times in enumerate(token_times))
+    ttfts = [times[0] - submitted[i] for i, times in enumerate(token_times)]
+    seen: set[str | None] = set()
+    repeats_ttft = []  # requests whose context (task or base model) an earlier request already had
+    for request in requests:
+        if request.task in seen:
+            repeats_ttft.append(ttfts[request.index])
+        seen.add(request.task)
     queried = after.num_prefix_cache_queried_tokens - before.num_prefix_cache_queried_tokens
     hit = after.num_prefix_cache_hit_tokens - before.num_prefix_cache_hit_tokens
     repeats = len(requests) - len({r.task for r in requests})  # requests not the first of their context
+    assert repeats == len(repeats_ttft)
     shared = requests[0].num_shared_tokens
     unique = statistics.mean(len(r.prompt_token_ids) - shared for r in requests)
     rate, batch = decode_rate(token_times, min(concurrency, len(requests)))
     extra = {
         "ttft_p50_s": percentile(ttfts, 50),
         "ttft_p99_s": percentile(ttfts, 99),
+        "ttft_p50_repeat_context_s": percentile(repeats_ttft, 50),
+        "repeat_context_requests": len(repeats_ttft),
         "prompt_tokens_per_request": statistics.mean(len(r.prompt_token_ids) for r in requests),
         "shared_prefix_tokens": shared,
         "unique_tokens_per_request": unique,
@@ -69,8 +78,9 @@ def run_chat(
         "concurrency": concurrency,
     }
     note = (
-        f"TTFT p50 {extra['ttft_p50_s']:.2f} s, p99 {extra['ttft_p99_s']:.2f} s; prompt tokens computed per request "
-        f"{extra['computed_prompt_tokens_per_request']:.1f} of {extra['prompt_tokens_per_request']:.1f} "
+        f"TTFT p50 {extra['ttft_p50_s']:.2f} s, p99 {extra['ttft_p99_s']:.2f} s, p50 of the {len(repeats_ttft)} "
+        f"requests of a context seen before {extra['ttft_p50_repeat_context_s']:.2f} s; prompt tokens computed per "
+        f"request {extra['computed_prompt_tokens_per_request']:.1f} of {extra['prompt_tokens_per_request']:.1f} "
         f"({unique:.1f} unique); shared-prefix hit rate after warm-up "
         f"{extra['shared_prefix_hit_rate_after_warm_up']:.0%}"
     )

@@ -356,6 +356,9 @@ def chat_ratios(best: dict[str, ArmResult]) -> dict[str, float]:
     figures = {"g shared-prefix hit rate": best["g"].extra["shared_prefix_hit_rate_after_warm_up"]}
     if "h" in best:
         figures["h/g ttft p50"] = best["h"].extra["ttft_p50_s"] / best["g"].extra["ttft_p50_s"]
+        figures["h/g ttft p50, repeated contexts"] = (
+            best["h"].extra["ttft_p50_repeat_context_s"] / best["g"].extra["ttft_p50_repeat_context_s"]
+        )
         figures["g/h tok/s"] = best["g"].tokens_per_s / best["h"].tokens_per_s
     return figures
 
@@ -363,12 +366,20 @@ def chat_ratios(best: dict[str, ArmResult]) -> dict[str, float]:
 def _chat_lines(best: dict[str, ArmResult]) -> list[str]:
     figures = chat_ratios(best)
     lines = []
+    if figures:
+        chat = best["g"].extra
+        lines.append(
+            f"chat workload: {best['g'].num_requests} requests, {chat['concurrency']} in flight, prompts of "
+            f"{chat['prompt_tokens_per_request']:.0f} tokens on average ({chat['shared_prefix_tokens']} shared), "
+            f"{chat['base_requests']} on the base model, {chat['contexts']} contexts (task versions or the base model)"
+        )
     if "h/g ttft p50" in figures:
         value = figures["h/g ttft p50"]
         verdict = "holds" if value >= CHAT_TTFT_TARGET else "does not hold"
         lines.append(
             f"chat: TTFT p50 without / with prefix caching = {value:.2f} (target >= {CHAT_TTFT_TARGET:g}: {verdict});"
-            f" tok/s with / without = {figures['g/h tok/s']:.2f}"
+            f" tok/s with / without = {figures['g/h tok/s']:.2f}; TTFT p50 without / with of the requests whose "
+            f"context came before = {figures['h/g ttft p50, repeated contexts']:.2f}"
         )
     if figures:
         value = figures["g shared-prefix hit rate"]
