@@ -1,8 +1,9 @@
 """Paged attention for the engine: one call per layer, routed once per step's metadata.
 
 CUDA tensors take the Triton kernels (kernels/paged_decode_attention.py for one-query sequences,
-kernels/paged_prefill_attention.py for the others); CPU tensors, or `use_reference`, the torch reference
-(kernels/paged_attention_reference.py, with the step's prebuilt plan when it has one). The contract is the reference
+kernels/paged_prefill_attention.py for the others); CPU tensors, or `use_reference`, the torch path
+(kernels/paged_attention_cpu.py, with the step's prebuilt plan when it has one), which gives the results of the
+reference (kernels/paged_attention_reference.py). The contract is the reference
 module's; arguments are not checked here, once per layer: `PagedAttentionMetadata` was checked when the step built it.
 """
 
@@ -13,8 +14,8 @@ import torch
 from kernels import paged_decode_attention as decode
 from kernels import paged_prefill_attention as prefill
 from kernels._triton_support import use_triton
+from kernels.paged_attention_cpu import AttentionHeads, build_cpu_plan, paged_attention_cpu
 from kernels.paged_attention_metadata import PagedAttentionMetadata
-from kernels.paged_attention_reference import build_plan, paged_attention_planned
 
 
 def paged_attention(
@@ -30,14 +31,16 @@ def paged_attention(
         return paged_attention_triton(query, k_cache, v_cache, metadata, scale)
     plan = metadata.plan
     if plan is None:
-        plan = build_plan(
-            metadata.block_tables,
+        plan = build_cpu_plan(
+            metadata.block_tables.cpu(),
             metadata.prefix_lens.cpu(),
             metadata.own_lens.cpu(),
             metadata.query_start_loc.cpu(),
             k_cache.shape[1],
+            AttentionHeads(query.shape[1], k_cache.shape[2]),
+            query.device,
         )
-    return paged_attention_planned(query, k_cache, v_cache, plan, scale)
+    return paged_attention_cpu(query, k_cache, v_cache, plan, scale)
 
 
 def paged_attention_triton(

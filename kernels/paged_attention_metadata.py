@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from kernels._triton_support import FLOAT_DTYPES, INDEX_DTYPES, check_dtype, check_ndim
-from kernels.paged_attention_reference import AttentionPlan
+from kernels.paged_attention_cpu import CpuAttentionPlan
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class PagedAttentionMetadata:
     query_start_loc: torch.Tensor  # [num_seqs + 1] int32/int64: sequence s owns query rows [qsl[s], qsl[s+1])
     max_query_len: int  # most queries of any sequence this step; 1: decode only
     num_decodes: int  # sequences with exactly one query
-    plan: AttentionPlan | None = None  # the reference path's index tensors, when it runs (built from the same)
+    plan: CpuAttentionPlan | None = None  # the torch path's index tensors, when it runs (built from the same)
 
     def __post_init__(self) -> None:
         check_metadata("paged_attention", self.block_tables, self.prefix_lens, self.own_lens, self.query_start_loc)
@@ -32,7 +32,7 @@ class PagedAttentionMetadata:
 
     @classmethod
     def from_tensors(
-        cls, block_tables, prefix_lens, own_lens, query_start_loc, plan: AttentionPlan | None = None
+        cls, block_tables, prefix_lens, own_lens, query_start_loc, plan: CpuAttentionPlan | None = None
     ) -> PagedAttentionMetadata:
         """The counts read back from `query_start_loc` (a device sync on CUDA): for tests and benchmarks, not steps."""
         num_queries = query_start_loc.diff().tolist()

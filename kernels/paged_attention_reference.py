@@ -105,12 +105,17 @@ def paged_attention_planned(query, k_cache, v_cache, plan: AttentionPlan, scale:
         v = _gather_slots(v_cache, plan.decode_slots).transpose(1, 2)
         out[plan.decode_rows] = _attend(q, k, v, plan.decode_mask, scale).squeeze(2)
     for part in plan.prefills:
-        q = query[part.query_start : part.query_end].transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
-        k = _gather_slots(k_cache, part.slots).transpose(0, 1).unsqueeze(0)  # [1, Hkv, L, D]
-        v = _gather_slots(v_cache, part.slots).transpose(0, 1).unsqueeze(0)
-        o = _attend(q, k, v, part.mask[None, None], scale)
-        out[part.query_start : part.query_end] = o[0].transpose(0, 1)
+        attend_prefill(query, k_cache, v_cache, part, scale, out)
     return out
+
+
+def attend_prefill(query, k_cache, v_cache, part: PrefillPart, scale: float, out: torch.Tensor) -> None:
+    """One multi-query sequence's rows of `out`. query, out [num_tokens, H, D]"""
+    q = query[part.query_start : part.query_end].transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
+    k = _gather_slots(k_cache, part.slots).transpose(0, 1).unsqueeze(0)  # [1, Hkv, L, D]
+    v = _gather_slots(v_cache, part.slots).transpose(0, 1).unsqueeze(0)
+    o = _attend(q, k, v, part.mask[None, None], scale)
+    out[part.query_start : part.query_end] = o[0].transpose(0, 1)
 
 
 def paged_attention_reference(

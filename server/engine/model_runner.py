@@ -7,6 +7,7 @@ from collections.abc import Sequence as Seq
 import torch
 
 from kernels.embedding_gather import embedding_gather
+from kernels.paged_attention_cpu import AttentionHeads
 from server.engine.attention import STEP_KWARG, StepAttention
 from server.engine.batch import Chunk
 from server.engine.kv_cache import KVCache
@@ -22,20 +23,24 @@ class ModelRunner:
         self.device = kv_cache.tensor.device
         self.embedding = model.get_input_embeddings().weight  # [vocab, hidden]
         self.use_reference = use_reference_kernels or self.device.type != "cuda"
+        heads = AttentionHeads(model.config.num_attention_heads, kv_cache.tensor.shape[-2])
+        self.plan_heads = heads if self.use_reference else None  # the torch path's index tensors, once per step
 
     @torch.inference_mode()
     def run(self, chunks: Seq[Chunk]) -> torch.Tensor:
         """Forward every chunk; returns the last-token logits of chunks with `needs_logits`. # [n, vocab]"""
-        inputs = build_step_inputs(chunks, self.kv_cache.block_size, self.device, with_plan=self.use_reference)
+        inputs = build_step_inputs(chunks, self.kv_cache.block_size, self.device, self.plan_heads)
         embeds = embedding_gather(
             inputs.token_ids, self.embedding, self.prompt_table.rows, use_reference=self.use_reference
         )  # [num_tokens, hidden]
         step = StepAttention(self.kv_cache, inputs.slot_mapping, inputs.attention, self.use_reference)
+        # A row per token (a step of decodes alone): 0 keeps them all, in order, without an index copy.
+        every_row = inputs.num_logits == len(inputs.token_ids)
         out = self.model(
             inputs_embeds=embeds.unsqueeze(0),
             position_ids=inputs.positions.unsqueeze(0),
             use_cache=False,
-            logits_to_keep=inputs.logit_rows,
+            logits_to_keep=0 if every_row else inputs.logit_rows,
             **{STEP_KWARG: step},
         )
         return out.logits[0, : inputs.num_logits]

@@ -36,6 +36,27 @@ def sample(
     logits: torch.Tensor, params: Seq[SamplingParams], seen_ids: Seq[list[int]], generators: Seq[torch.Generator | None]
 ) -> list[int]:
     """logits [num_seqs, vocab] -> one token id per row."""
+    if all(p.is_greedy and p.repetition_penalty == 1.0 for p in params):
+        chosen = _plain_greedy(logits)
+        if chosen is not None:
+            return chosen
+    return _sample(logits, params, seen_ids, generators)
+
+
+def _plain_greedy(logits: torch.Tensor) -> list[int] | None:
+    """The argmax of every row, read straight off the caller's logits (a decode step's [64, 49152] float tensor
+    is not copied), or None when some row's maximum is NaN: `argmax` takes NaN for the largest value, where the
+    sampler counts it as -inf."""
+    greedy = logits.argmax(-1)  # [num_seqs]
+    is_nan = logits.gather(1, greedy.unsqueeze(1)).squeeze(1).isnan()
+    chosen = greedy.masked_fill(is_nan, -1).tolist()  # one copy to the host, flags included
+    return None if -1 in chosen else chosen
+
+
+def _sample(
+    logits: torch.Tensor, params: Seq[SamplingParams], seen_ids: Seq[list[int]], generators: Seq[torch.Generator | None]
+) -> list[int]:
+    """Every case: repetition penalties, sampled rows, NaN logits."""
     logits = torch.where(torch.isnan(logits), float("-inf"), logits.float())  # new: the caller's stays as it was
     penalized = [i for i, p in enumerate(params) if p.repetition_penalty != 1.0]
     if penalized:

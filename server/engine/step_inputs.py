@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.paged_attention_cpu import AttentionHeads, build_cpu_plan
 from kernels.paged_attention_metadata import PagedAttentionMetadata
-from kernels.paged_attention_reference import build_plan
 from server.engine.batch import Chunk
 
 
@@ -23,8 +23,11 @@ class StepInputs:
     num_logits: int  # chunks that need logits
 
 
-def build_step_inputs(chunks: Seq[Chunk], block_size: int, device: torch.device, with_plan: bool) -> StepInputs:
-    """`with_plan`: also build the reference path's index tensors (it runs on CPU, or when forced)."""
+def build_step_inputs(
+    chunks: Seq[Chunk], block_size: int, device: torch.device, plan_heads: AttentionHeads | None
+) -> StepInputs:
+    """`plan_heads`: the model's heads, to build the torch path's index tensors too (it runs on CPU, or when
+    forced); None: no plan."""
     token_ids = [t for c in chunks for t in c.token_ids]
     positions = [p for c in chunks for p in range(c.start_position, c.start_position + c.num_tokens)]
     slots = [
@@ -58,9 +61,10 @@ def build_step_inputs(chunks: Seq[Chunk], block_size: int, device: torch.device,
     )
     block_tables = tables_t.view(len(chunks), width)
     plan = None
-    if with_plan:  # built from host values: reading the device tensors back would sync
+    if plan_heads is not None:  # built from host values: reading the device tensors back would sync
         host_parts = host.split([len(part) for part in parts])
-        plan = build_plan(block_tables, host_parts[4], host_parts[5], host_parts[6], block_size)
+        host_tables = host_parts[7].view(len(chunks), width)
+        plan = build_cpu_plan(host_tables, host_parts[4], host_parts[5], host_parts[6], block_size, plan_heads, device)
     attention = PagedAttentionMetadata(
         block_tables,
         prefix_lens,

@@ -319,3 +319,18 @@ def test_batched_filters_equal_the_row_by_row_ones():
 def test_sampling_params_refuse_what_the_sampler_cannot_take(values):
     with pytest.raises(ValueError):
         SamplingParams(**values)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_the_plain_greedy_fast_path_chooses_what_the_general_path_does(dtype):
+    """Greedy rows with no penalty skip the NaN-scrubbed copy; a row whose maximum is NaN sends the whole batch
+    down the general path, so NaN still counts as -inf."""
+    greedy = [SamplingParams()] * 4
+    for logits in (_random_logits(26, rows=4), torch.cat([_random_logits(27, rows=2), _bad_rows()[:2]])):
+        logits = logits.to(dtype)
+        original = logits.clone()
+        chosen = sample(logits, greedy, [[]] * 4, [None] * 4)
+        assert chosen == sampler._sample(logits.clone(), greedy, [[]] * 4, [None] * 4)
+        assert torch.equal(logits.isnan(), original.isnan()) and torch.equal(logits.nan_to_num(), original.nan_to_num())
+    assert sampler._plain_greedy(_random_logits(28, rows=3)) == _random_logits(28, rows=3).argmax(-1).tolist()
+    assert sampler._plain_greedy(_bad_rows()) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from kernels.paged_attention_cpu import AttentionHeads
 from server.engine.batch import Chunk
 from server.engine.step_inputs import build_step_inputs
 
@@ -47,7 +48,7 @@ def _chunks() -> list[Chunk]:
 
 
 def test_every_tensor_is_the_chunks_spelled_out():
-    inputs = build_step_inputs(_chunks(), BLOCK_SIZE, CPU, with_plan=False)
+    inputs = build_step_inputs(_chunks(), BLOCK_SIZE, CPU, plan_heads=None)
     assert inputs.token_ids.tolist() == [11, 12, 13, 14, 15, 101, 102, 21]
     assert inputs.positions.tolist() == [7, 8, 9, 10, 11, 0, 1, 4]
     # own token i sits in own_blocks[i // 4] at offset i % 4
@@ -70,7 +71,7 @@ def test_every_tensor_is_the_chunks_spelled_out():
 
 
 def test_one_buffer_holds_everything_so_the_device_gets_one_copy():
-    inputs = build_step_inputs(_chunks(), BLOCK_SIZE, CPU, with_plan=True)
+    inputs = build_step_inputs(_chunks(), BLOCK_SIZE, CPU, plan_heads=AttentionHeads(4, 2))
     meta = inputs.attention
     tensors = [
         inputs.token_ids,
@@ -83,7 +84,14 @@ def test_one_buffer_holds_everything_so_the_device_gets_one_copy():
         meta.query_start_loc,
     ]
     assert len({t.untyped_storage().data_ptr() for t in tensors}) == 1
-    assert meta.plan is not None and meta.plan.decode_rows.tolist() == [7]
+    plan = meta.plan
+    assert plan is not None and plan.decodes is not None and plan.decodes.rows == slice(7, 8)
+    # the decode's context: own tokens 0..4 in blocks 2 and 5
+    assert plan.decodes.slots.tolist() == [[8, 9, 10, 11, 20]]
+    assert [(p.query_start, p.query_end, p.slots.tolist()) for p in plan.prefills] == [
+        (0, 5, [36, 37, 38, 39, 12, 24, 25, 26, 27, 4, 5, 6]),
+        (5, 7, [32, 33]),
+    ]
 
 
 def test_a_step_with_no_logits_still_keeps_one_row():
@@ -98,5 +106,5 @@ def test_a_step_with_no_logits_still_keeps_one_row():
             needs_logits=False,
         )
     ]
-    inputs = build_step_inputs(chunks, BLOCK_SIZE, CPU, with_plan=False)
+    inputs = build_step_inputs(chunks, BLOCK_SIZE, CPU, plan_heads=None)
     assert inputs.logit_rows.tolist() == [2] and inputs.num_logits == 0

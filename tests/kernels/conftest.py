@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from kernels.paged_attention_cpu import CpuAttentionPlan
 from kernels.paged_attention_metadata import PagedAttentionMetadata
-from kernels.paged_attention_reference import AttentionPlan
 
 NAN = float("nan")
 
@@ -89,7 +89,7 @@ class PagedBatch:
             self.scale,
         )
 
-    def metadata(self, plan: AttentionPlan | None = None) -> PagedAttentionMetadata:
+    def metadata(self, plan: CpuAttentionPlan | None = None) -> PagedAttentionMetadata:
         """What the engine's step builds for this batch, the routing counts read back from `query_start_loc`."""
         return PagedAttentionMetadata.from_tensors(
             self.block_tables, self.prefix_lens, self.own_lens, self.query_start_loc, plan
