@@ -15,13 +15,27 @@ from server.engine.step_inputs import build_step_inputs
 
 
 class ModelRunner:
-    def __init__(self, model, kv_cache: KVCache, prompt_table: PromptTable, use_reference_kernels: bool):
+    def __init__(
+        self,
+        model,
+        kv_cache: KVCache,
+        prompt_table: PromptTable,
+        use_reference_kernels: bool,
+        embedding_scale: float | None = None,
+    ):
         self.model = model
         self.kv_cache = kv_cache
         self.prompt_table = prompt_table
         self.device = kv_cache.tensor.device
         self.embedding = model.get_input_embeddings().weight  # [vocab, hidden]
         self.use_reference = use_reference_kernels or self.device.type != "cuda"
+        # Gemma 3's embedding module scales token rows by sqrt(hidden) in the weights' dtype; PEFT's soft prompts go
+        # in unscaled, so only rows of real tokens get it.
+        self.embedding_scale = (
+            None
+            if embedding_scale is None
+            else torch.tensor(embedding_scale, dtype=self.embedding.dtype).to(self.device)
+        )
 
     @torch.inference_mode()
     def run(self, chunks: Seq[Chunk]) -> torch.Tensor:
@@ -30,6 +44,9 @@ class ModelRunner:
         embeds = embedding_gather(
             inputs.token_ids, self.embedding, self.prompt_table.rows, use_reference=self.use_reference
         )  # [num_tokens, hidden]
+        if self.embedding_scale is not None:
+            is_token = (inputs.token_ids < self.embedding.shape[0]).unsqueeze(1)  # [num_tokens, 1]
+            embeds = torch.where(is_token, embeds * self.embedding_scale, embeds)
         step = StepAttention(self.kv_cache, inputs.slot_mapping, inputs.attention, self.use_reference)
         out = self.model(
             inputs_embeds=embeds.unsqueeze(0),
