@@ -36,6 +36,7 @@ def paged_attention_forward(module, query, key, value, attention_mask, scaling=N
     step: StepAttention | None = kwargs.get(STEP_KWARG)
     if step is None:
         return _plain_causal(query, key, value, scaling), None
+    _refuse_unserved(kwargs)
     k_cache, v_cache = step.kv_cache.layer(module.layer_idx)
     kv_write(
         key[0].transpose(0, 1),
@@ -49,6 +50,13 @@ def paged_attention_forward(module, query, key, value, attention_mask, scaling=N
         query[0].transpose(0, 1), k_cache, v_cache, step.metadata, scaling, use_reference=step.use_reference
     )
     return out.unsqueeze(0), None
+
+
+def _refuse_unserved(kwargs) -> None:
+    # Start-up refuses these models (server/model/architecture.py); a layer that still asks must not be served.
+    for name in ("softcap", "s_aux"):
+        if kwargs.get(name) is not None:
+            raise NotImplementedError(f"paged attention does not implement {name}")
 
 
 def _plain_causal(query, key, value, scaling) -> torch.Tensor:

@@ -42,6 +42,7 @@ from server.engine.scheduler import Scheduler
 from server.engine.sequence import Sequence
 from server.engine.step_isolation import isolate
 from server.engine.stop_strings import StopStringMatcher
+from server.model.architecture import ServedArchitecture, served_architecture
 
 if TYPE_CHECKING:
     from prompt_store.registry import PromptRegistry
@@ -57,8 +58,10 @@ class LLMEngine:
         shape = registry.shape
         device = model.device
         model.set_attn_implementation(attention.register())
-        self.max_model_len = min(
-            config.max_model_len, _model_max_len(model.config), (config.num_kv_blocks // 2) * config.block_size
+        architecture = served_architecture(model)
+        self.max_model_len = _capped_to_window(
+            min(config.max_model_len, _model_max_len(model.config), (config.num_kv_blocks // 2) * config.block_size),
+            architecture,
         )
         self.eos_token_ids = _eos_token_ids(model, tokenizer)
         self.block_manager = BlockManager(config.num_kv_blocks, config.block_size)
@@ -67,7 +70,9 @@ class LLMEngine:
         self.prompt_cache = PromptCache(registry, self.block_manager, kv_cache, prompt_table)
         self.prefix_cache = PrefixCache(self.block_manager, config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.block_manager, self.prompt_cache, self.prefix_cache, shape.vocab_size)
-        self.runner = ModelRunner(model, kv_cache, prompt_table, config.use_reference_kernels)
+        self.runner = ModelRunner(
+            model, kv_cache, prompt_table, config.use_reference_kernels, architecture.embedding_scale
+        )
         self._lock = threading.Lock()  # guards the request table and the arrivals across threads
         self._requests: dict[str, LiveRequest] = {}  # every request not yet delivered its last output
         self._arrivals: deque[LiveRequest] = deque()  # added, not yet handed to the scheduler
@@ -309,6 +314,23 @@ def _model_max_len(config) -> int:
         if isinstance(value, int) and value > 0:
             return value
     return 1 << 30
+
+
+def _capped_to_window(max_model_len: int, architecture: ServedArchitecture) -> int:
+    """Paged attention sees the whole context; a sequence that fits in the sliding window never notices the
+    difference, so none is let grow past it."""
+    window = architecture.attention_window
+    if window is None or window >= max_model_len:
+        return max_model_len
+    log.info(
+        "max_model_len capped from %d to %d tokens: %s attends over a sliding window of %d, which the paged "
+        "attention does not implement",
+        max_model_len,
+        window,
+        architecture.model_type,
+        window,
+    )
+    return window
 
 
 def _eos_token_ids(model, tokenizer) -> frozenset[int]:

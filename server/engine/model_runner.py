@@ -16,7 +16,14 @@ from server.engine.step_inputs import build_step_inputs
 
 
 class ModelRunner:
-    def __init__(self, model, kv_cache: KVCache, prompt_table: PromptTable, use_reference_kernels: bool):
+    def __init__(
+        self,
+        model,
+        kv_cache: KVCache,
+        prompt_table: PromptTable,
+        use_reference_kernels: bool,
+        embedding_scale: float | None = None,
+    ):
         self.model = model
         self.kv_cache = kv_cache
         self.prompt_table = prompt_table
@@ -25,6 +32,13 @@ class ModelRunner:
         self.use_reference = use_reference_kernels or self.device.type != "cuda"
         heads = AttentionHeads(model.config.num_attention_heads, kv_cache.tensor.shape[-2])
         self.plan_heads = heads if self.use_reference else None  # the torch path's index tensors, once per step
+        # Gemma 3's embedding module scales token rows by sqrt(hidden) in the weights' dtype; PEFT's soft prompts go
+        # in unscaled, so only rows of real tokens get it.
+        self.embedding_scale = (
+            None
+            if embedding_scale is None
+            else torch.tensor(embedding_scale, dtype=self.embedding.dtype).to(self.device)
+        )
 
     @torch.inference_mode()
     def run(self, chunks: Seq[Chunk]) -> torch.Tensor:
@@ -33,6 +47,9 @@ class ModelRunner:
         embeds = embedding_gather(
             inputs.token_ids, self.embedding, self.prompt_table.rows, use_reference=self.use_reference
         )  # [num_tokens, hidden]
+        if self.embedding_scale is not None:
+            is_token = (inputs.token_ids < self.embedding.shape[0]).unsqueeze(1)  # [num_tokens, 1]
+            embeds = torch.where(is_token, embeds * self.embedding_scale, embeds)
         step = StepAttention(self.kv_cache, inputs.slot_mapping, inputs.attention, self.use_reference)
         # A row per token (a step of decodes alone): 0 keeps them all, in order, without an index copy.
         every_row = inputs.num_logits == len(inputs.token_ids)

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from prompt_store.model_shape import ModelShape
 from server.config import DEFAULT_MODEL
+from server.model.architecture import served_architecture
 from server.model.default_model import ensure_default_model
 from server.model.errors import ModelLoadError
 from server.model.gguf_conversion import cached_gguf_conversion
@@ -73,6 +74,7 @@ def load_model_folder(
         raise ModelLoadError(f"cannot load {model_path} as a causal language model: {exc}") from exc
     # transformers types `to` through a decorator whose signature mypy reads as taking the model, not the device
     model.to(device).eval().requires_grad_(False)  # type: ignore[arg-type]
+    served_architecture(model)  # refuses, now, what the engine would serve wrong
     shape = model_shape(model)
     _check_vocab(tokenizer, shape, model_path)
     return LoadedModel(model=model, tokenizer=tokenizer, model_path=model_path, shape=shape)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.engine.test_equivalence import ADAPTERS
 from tests.support.engine import make_engine, request, run_to_completion, upload_folder
+from tests.support.equivalence import ADAPTERS
 from tests.support.reference import base_greedy, peft_greedy
 
 MAX_NEW = 8

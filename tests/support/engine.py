@@ -40,6 +40,19 @@ def run_to_completion(engine: LLMEngine, max_steps: int = 10_000) -> None:
     raise AssertionError("engine did not finish its work")
 
 
+def serve_interleaved(engine: LLMEngine, cases, max_new_tokens: int) -> dict:
+    """`cases`: (request id, task, subtask, prompt text). Requests join while others prefill and decode (a step
+    after every third), then all run to the end; returns request id -> its handle."""
+    handles = {}
+    for i, (request_id, task, subtask, text) in enumerate(cases):
+        ids = engine.tokenizer(text).input_ids
+        handles[request_id] = engine.add_request(request(request_id, ids, max_new_tokens, task, subtask))
+        if i % 3 == 0:
+            engine.step()
+    run_to_completion(engine)
+    return handles
+
+
 def request(
     request_id: str, token_ids, max_new_tokens: int, task: str | None = None, subtask: int = 0, **sampling
 ) -> GenerationRequest:

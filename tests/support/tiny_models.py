@@ -16,6 +16,16 @@ from prompt_store.model_shape import ModelShape
 
 INITIALIZER_RANGE = 0.2  # 10x the usual 0.02: logits spread out, greedy choices are clear
 MAX_POSITIONS = 512
+# The saved tiny models' dimensions: grouped-query attention (4 query heads, 2 KV heads) over more than one layer.
+TINY_GQA = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": MAX_POSITIONS,
+    "initializer_range": INITIALIZER_RANGE,
+}
 TINY_VOCAB_SIZE = 128  # the in-memory models' vocabulary
 TINY_SHAPES = {
     "llama": ModelShape(hidden_size=64, num_layers=2, num_kv_heads=2, head_dim=16, vocab_size=TINY_VOCAB_SIZE),
@@ -26,17 +36,8 @@ TINY_SHAPES = {
 def build_tiny_llama(tokenizer_dir: Path, out_dir: Path, seed: int = 0) -> Path:
     """Llama with grouped-query attention (4 query heads, 2 KV heads, head_dim 16) and RoPE."""
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=MAX_POSITIONS,
-        initializer_range=INITIALIZER_RANGE,
-        **_vocab_and_special_ids(tokenizer),
-    )
-    return _save(LlamaForCausalLM, config, tokenizer, out_dir, seed)
+    config = LlamaConfig(**TINY_GQA, **vocab_and_special_ids(tokenizer))
+    return save_tiny(LlamaForCausalLM, config, tokenizer, out_dir, seed)
 
 
 def build_tiny_gpt2(tokenizer_dir: Path, out_dir: Path, seed: int = 0) -> Path:
@@ -48,12 +49,13 @@ def build_tiny_gpt2(tokenizer_dir: Path, out_dir: Path, seed: int = 0) -> Path:
         n_head=4,
         n_positions=MAX_POSITIONS,
         initializer_range=INITIALIZER_RANGE,
-        **_vocab_and_special_ids(tokenizer),
+        **vocab_and_special_ids(tokenizer),
     )
-    return _save(GPT2LMHeadModel, config, tokenizer, out_dir, seed)
+    return save_tiny(GPT2LMHeadModel, config, tokenizer, out_dir, seed)
 
 
-def _vocab_and_special_ids(tokenizer) -> dict:
+def vocab_and_special_ids(tokenizer) -> dict:
+    """The config fields a saved tiny model takes from SmolLM2's tokenizer."""
     return dict(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
@@ -62,9 +64,14 @@ def _vocab_and_special_ids(tokenizer) -> dict:
     )
 
 
-def _save(model_class, config, tokenizer, out_dir: Path, seed: int) -> Path:
+def save_tiny(model_class, config, tokenizer, out_dir: Path, seed: int, adjust=None) -> Path:
+    """`model_class(config)` drawn from `seed`, then `adjust(model)` if given, saved to `out_dir` with `tokenizer`
+    and a generation config."""
     torch.manual_seed(seed)
     model = model_class(config).eval()
+    if adjust is not None:
+        with torch.no_grad():
+            adjust(model)
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
     )
