@@ -32,6 +32,7 @@ class Churn:
         self.in_flight_revoke: str | None = None
         self.num_acknowledged = 0
         self.stop = threading.Event()
+        self.error: BaseException | None = None  # what ended the worker, other than the kill
 
     def run(self) -> None:
         with httpx.Client(base_url=self.server.url, headers=self.server.admin_headers, timeout=30) as client:
@@ -40,6 +41,9 @@ class Churn:
                     self._one_change(client)
                 except httpx.TransportError:
                     return  # killed
+                except BaseException as exc:  # a failed assertion: the main thread raises it
+                    self.error = exc
+                    return
 
     def _one_change(self, client: httpx.Client) -> None:
         roll = self.rng.random()
@@ -82,12 +86,14 @@ def test_tenants_and_keys_survive_kill_9(tiny_llama_dir, tmp_path):
             worker = threading.Thread(target=churn.run)
             worker.start()
             while churn.num_acknowledged < start + MIN_CHANGES_BEFORE_KILL:
+                assert worker.is_alive(), f"the admin churn stopped: {churn.error!r}"
                 time.sleep(0.01)
             time.sleep(rng.random() * 0.05)
             server.process.kill()  # SIGKILL: no drain, no flush
             server.process.wait()
             churn.stop.set()
             worker.join(30)
+            assert churn.error is None, f"the admin churn failed: {churn.error!r}"
             server = start_server(tiny_llama_dir, tmp_path, env=env)
             churn.server = server
             _check(server, churn)
@@ -105,9 +111,13 @@ def _check(server, churn: Churn) -> None:
             allowed = {weight} | ({in_flight[1]} if in_flight and in_flight[0] == name else set())
             assert weights.get(name) in allowed, (name, weights.get(name), allowed)
         churn.weights = weights  # a tenant created in flight may now exist: it is part of the truth from here on
-        for secret in churn.live_keys:
+        for secret in list(churn.live_keys):
             status = greedy(client, secret, None, "Hello", 1).status_code
             assert status == 200 or (status == 401 and secret == churn.in_flight_revoke), status
+            if status == 401:  # the revocation in flight was done: it is part of the truth from here on
+                del churn.live_keys[secret]
+                churn.revoked.add(secret)
+        churn.in_flight_revoke = None
         for secret in churn.revoked:
             assert greedy(client, secret, None, "Hello", 1).status_code == 401
     document = json.loads((server.log_path.parent / "store" / "tenants.json").read_bytes())
