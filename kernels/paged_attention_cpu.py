@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kernels.paged_attention_reference import PrefillPart, _gather_slots, attend_prefill, context_slots
+from kernels.paged_attention_reference import PrefillPart, _gather_slots, attend_prefill, context_slots, prefill_part
 
 
 @dataclass(frozen=True)
@@ -81,11 +81,10 @@ def build_cpu_plan(
         decodes = _decode_rows(_rows(starts[decode_seqs]), slots, mask, heads, device)
     prefills = []
     for s in (num_queries > 1).nonzero().squeeze(1).tolist():
-        prefix_len, own_len, start, end = int(prefix_lens[s]), int(own_lens[s]), int(starts[s]), int(starts[s + 1])
-        last_visible = prefix_len + own_len - (end - start) + torch.arange(end - start)
-        mask = torch.arange(prefix_len + own_len)[None, :] <= last_visible[:, None]
+        prefix_len, own_len = int(prefix_lens[s]), int(own_lens[s])
         slots = context_slots(tables[s], prefix_len, own_len, block_size)
-        prefills.append(PrefillPart(start, end, slots.to(device), mask.to(device)))
+        part = prefill_part(slots, prefix_len + own_len, int(starts[s]), int(starts[s + 1]))
+        prefills.append(PrefillPart(part.query_start, part.query_end, part.slots.to(device), part.mask.to(device)))
     return CpuAttentionPlan(int(starts[-1]), decodes, tuple(prefills))
 
 

@@ -36,6 +36,14 @@ class PrefillPart:
     mask: torch.Tensor  # [num_queries, context_len] bool: True where the key is visible
 
 
+def prefill_part(slots: torch.Tensor, context_len: int, query_start: int, query_end: int) -> PrefillPart:
+    """A multi-query sequence's part of a plan: query `i` of `n` sees the context up to its own position."""
+    num_queries = query_end - query_start
+    last_visible = context_len - num_queries + torch.arange(num_queries)
+    mask = torch.arange(context_len)[None, :] <= last_visible[:, None]
+    return PrefillPart(query_start, query_end, slots, mask)
+
+
 @dataclass(frozen=True)
 class AttentionPlan:
     """Per-step index tensors of the reference path, built once and reused by every layer."""
@@ -58,10 +66,7 @@ def build_plan(block_tables, prefix_lens, own_lens, query_start_loc, block_size:
             decode_rows.append(starts[s])
             decode_slots.append(slots)
         elif num_queries > 1:
-            context_len = prefix_len + own_len
-            last_visible = context_len - num_queries + torch.arange(num_queries)
-            mask = torch.arange(context_len)[None, :] <= last_visible[:, None]
-            prefills.append(PrefillPart(starts[s], starts[s + 1], slots, mask))
+            prefills.append(prefill_part(slots, prefix_len + own_len, starts[s], starts[s + 1]))
     max_context = max((len(x) for x in decode_slots), default=0)
     padded = torch.zeros(len(decode_slots), max_context, dtype=torch.int64)
     mask = torch.zeros(len(decode_slots), 1, 1, max_context, dtype=torch.bool)
