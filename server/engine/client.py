@@ -36,6 +36,8 @@ class SubmitRequest:
     subtask: int = 0  # multitask prompt tuning sub-task
     request_id: str | None = None  # generated when None
     caller: Caller = ANONYMOUS  # whose request (visibility of tasks, fair-scheduling class)
+    task_version: int | None = None  # NAME@N: pin this kept version; None: the active one
+    group: str | None = None  # the n samples of one prompt: the same value on each (their prompt blocks are shared)
 
 
 class RequestStream:
@@ -189,6 +191,8 @@ class EngineClient:
             task=task,
             subtask=request.subtask,
             caller=request.caller,
+            task_version=request.task_version,
+            group=request.group,
         )
 
         def deliver(out: RequestOutput) -> None:

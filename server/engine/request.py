@@ -10,6 +10,8 @@ from prompt_store.access import ANONYMOUS, Caller
 from server.engine.histogram import Histogram
 
 SAMPLING_EPS = 1e-5  # temperatures below this sample greedily
+MAX_LOGPROBS = 20  # alternatives per token a request may ask for (OpenAI's chat allows 20, completions 5)
+MAX_LOGIT_BIAS = 100.0  # OpenAI's range for a logit_bias value: [-100, 100]
 
 
 class FinishReason(str, enum.Enum):
@@ -18,6 +20,20 @@ class FinishReason(str, enum.Enum):
     STOP = "stop_sequence"  # a stop string appeared; the text ends before it
     ABORTED = "aborted"  # cancelled by the caller (client gone, deadline, shutdown)
     ERROR = "error"  # the engine could not serve it (its step failed, its prompt file is damaged): see `error`
+
+
+@dataclass(frozen=True)
+class ResponseFormat:
+    """Constrained decoding: every token the request generates keeps its text a prefix of a valid JSON document."""
+
+    kind: str  # "json_object": any JSON object; "json_schema": an instance of `json_schema`
+    json_schema: str | None = None  # the schema as JSON text, with kind "json_schema"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("json_object", "json_schema"):
+            raise ValueError(f"response_format type must be json_object or json_schema, not {self.kind!r}")
+        if (self.kind == "json_schema") != (self.json_schema is not None):
+            raise ValueError("response_format json_schema takes a schema, json_object none")
 
 
 @dataclass(frozen=True)
@@ -31,6 +47,14 @@ class SamplingParams:
     seed: int | None = None  # same seed, same request -> same output
     stop: tuple[str, ...] = ()  # at most 4 strings; the output ends before the first one found
     ignore_eos: bool = False  # benchmarks: generate exactly max_new_tokens
+    presence_penalty: float = 0.0  # OpenAI: subtracted from the logit of every token generated so far
+    frequency_penalty: float = 0.0  # OpenAI: subtracted once per time a token was generated so far
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, value added to its logit), OpenAI's rule
+    min_tokens: int = 0  # neither an EOS token nor a stop token id is generated before this many tokens
+    stop_token_ids: tuple[int, ...] = ()  # generation ends on one of these (as on EOS: its text is not produced)
+    logprobs: int | None = None  # None: none; k: each generated token's logprob and its k best alternatives
+    prompt_logprobs: int | None = None  # None: none; k: each prompt token's logprob (but the first's) and k best
+    response_format: ResponseFormat | None = None  # None: free text
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -49,6 +73,16 @@ class SamplingParams:
             raise ValueError("seed must be in [0, 2**63)")  # a signed 64-bit integer, which torch.Generator takes
         if len(self.stop) > 4 or any(not s for s in self.stop):
             raise ValueError("stop takes at most 4 non-empty strings")
+        if not all(math.isfinite(v) for v in (self.presence_penalty, self.frequency_penalty)):
+            raise ValueError("presence_penalty and frequency_penalty must be finite numbers")
+        if any(not (math.isfinite(bias) and abs(bias) <= MAX_LOGIT_BIAS) for _, bias in self.logit_bias):
+            raise ValueError(f"logit_bias values must be in [-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}]")
+        if self.min_tokens < 0 or self.min_tokens > self.max_new_tokens:
+            raise ValueError("min_tokens must be in [0, max_new_tokens]")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= MAX_LOGPROBS:
+                raise ValueError(f"{name} must be in [0, {MAX_LOGPROBS}]")
 
     @property
     def is_greedy(self) -> bool:
@@ -64,6 +98,17 @@ class GenerationRequest:
     task: str | None = None  # None: the base model, no soft prompt
     subtask: int = 0  # multitask prompt tuning: which sub-task's prompt; 0 for every other type
     caller: Caller = ANONYMOUS  # whose request: which tasks it may use, and its fair-scheduling class and weight
+    task_version: int | None = None  # NAME@N: this kept version; None: the active one
+    group: str | None = None  # the n samples of one prompt share it: later ones wait for the first's prompt blocks
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token's log-probability under the distribution it was chosen from, and the best alternatives there."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()  # (token id, logprob) of the k most likely tokens, most likely first
 
 
 @dataclass(frozen=True)
@@ -81,6 +126,10 @@ class RequestOutput:
     task_version: int | None
     timings: RequestTimings | None = None  # set on the last output
     error: str | None = None  # with FinishReason.ERROR: what went wrong, safe to show the client
+    new_logprobs: tuple[TokenLogprob, ...] = ()  # with sampling.logprobs: one per new token id, in order
+    # With sampling.prompt_logprobs, on the output that carries the first generated token: one per prompt token,
+    # None for the first (nothing before it in the request's own text predicts it).
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
 
 
 @dataclass(frozen=True)
