@@ -21,6 +21,14 @@ class Chunk:
     own_blocks: tuple[int, ...]  # blocks of the chunk's own tokens
     own_start: int  # own tokens already in the cache before this chunk
     needs_logits: bool  # the chunk ends at its sequence's last token: sample the next one
+    needs_every_logit: bool = field(default=False, kw_only=True)  # prompt logprobs: every token's logits
+
+    @property
+    def num_logit_rows(self) -> int:
+        """Rows of the runner's logits this chunk gets, in packing order (its last one is sampled from)."""
+        if self.needs_every_logit:
+            return self.num_tokens
+        return 1 if self.needs_logits else 0
 
     @property
     def num_tokens(self) -> int:

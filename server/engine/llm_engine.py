@@ -23,7 +23,7 @@ import torch
 
 from server.config import EngineConfig
 from server.engine import attention
-from server.engine.batch import MaterializationChunk, SchedulerOutput
+from server.engine.batch import MaterializationChunk, SchedulerOutput, SequenceChunk
 from server.engine.block_manager import BlockManager
 from server.engine.detokenizer import IncrementalDetokenizer
 from server.engine.errors import RequestValidationError
@@ -31,13 +31,14 @@ from server.engine.fault_injection import FaultInjector
 from server.engine.histogram import BATCH_SIZE_BUCKETS, Histogram
 from server.engine.kv_cache import KVCache
 from server.engine.live_request import LiveRequest, OutputCallback, RequestHandle
+from server.engine.logprobs import token_logprobs
 from server.engine.model_runner import ModelRunner
 from server.engine.prefix_cache import PrefixCache
 from server.engine.prompt_cache import PromptCache
 from server.engine.prompt_loader import PromptLoader
 from server.engine.prompt_table import PromptTable
 from server.engine.request import EngineStats, FinishReason, GenerationRequest, RequestOutput
-from server.engine.sampler import sample
+from server.engine.sampler import SampleResult, SampleRow, sample_rows
 from server.engine.scheduler import Scheduler
 from server.engine.sequence import Sequence
 from server.engine.step_isolation import isolate
@@ -78,6 +79,7 @@ class LLMEngine:
         self._arrivals: deque[LiveRequest] = deque()  # added, not yet handed to the scheduler
         self._aborts: deque[str] = deque()
         self._loading: list[LiveRequest] = []  # arrived, its prompt version still being loaded (loop thread only)
+        self._group_leaders: dict[str, Sequence] = {}  # sample group -> its first live sequence (under the lock)
         self._wakeup = threading.Event()
         self.loader = PromptLoader(registry, on_loaded=self._wakeup.set)
         self.faults = FaultInjector.parse(config.fault_injection, tokenizer)  # None unless a test sets it
@@ -109,6 +111,8 @@ class LLMEngine:
                 raise RequestValidationError(f"request id {request.request_id!r} is already in use")
             self._requests[request.request_id] = live
             self._arrivals.append(live)
+            if request.group is not None:
+                live.seq.group_leader = self._group_leaders.setdefault(request.group, live.seq)
         self._wakeup.set()
         return live.handle
 
@@ -221,20 +225,48 @@ class LLMEngine:
     def _run(self, batch: SchedulerOutput) -> list[Sequence]:
         """Run, sample and postprocess; if run or sample raises, only the requests at fault fail."""
         try:
-            sampled_token_ids = self._forward(batch)
+            sampled = self._forward(batch)
         except Exception:
             log.exception("a step of %d chunks failed; running them one by one to find the cause", len(batch.chunks))
             self.num_step_failures += 1
             isolated = isolate(batch, self._forward)
             failed = self._fail_chunks(isolated.failed_chunks)
-            return failed + self.scheduler.postprocess(isolated.batch, isolated.sampled_token_ids)
-        return self.scheduler.postprocess(batch, sampled_token_ids)
+            postprocessed = self.scheduler.postprocess(
+                isolated.batch, isolated.sampled_token_ids, isolated.sampled_logprobs
+            )
+            return failed + postprocessed
+        return self.scheduler.postprocess(batch, sampled.token_ids, sampled.logprobs)
 
-    def _forward(self, batch: SchedulerOutput) -> list[int]:
+    def _forward(self, batch: SchedulerOutput) -> SampleResult:
         if self.faults is not None:
             self.faults.check("run", batch)
-        logits = self.runner.run(batch.chunks)
-        return self._sample(batch, logits)
+        logits = self.runner.run(batch.chunks)  # [rows, vocab]: each chunk's num_logit_rows
+        return self._sample(batch, self._take_prompt_logprobs(batch, logits))
+
+    def _take_prompt_logprobs(self, batch: SchedulerOutput, logits: torch.Tensor) -> torch.Tensor:
+        """Give the chunks that return every row's logits their prompt tokens' logprobs (of the raw logits);
+        returns the rows to sample from, one per `batch.sampled_seqs`."""
+        if not any(chunk.needs_every_logit for chunk in batch.chunks):
+            return logits
+        sample_rows, offset = [], 0
+        for chunk in batch.chunks:
+            if chunk.needs_every_logit and isinstance(chunk, SequenceChunk):
+                self._add_prompt_logprobs(chunk, logits[offset : offset + chunk.num_tokens])
+            offset += chunk.num_logit_rows
+            if chunk.needs_logits:
+                sample_rows.append(offset - 1)
+        return logits[torch.tensor(sample_rows, dtype=torch.int64, device=logits.device)]
+
+    def _add_prompt_logprobs(self, chunk: SequenceChunk, logits: torch.Tensor) -> None:
+        """Row i predicts own token own_start + i + 1; rows predicting past the prompt are not the prompt's."""
+        seq = chunk.seq
+        num_rows = min(chunk.num_tokens, seq.num_prompt_tokens - 1 - chunk.own_start)
+        if num_rows <= 0:
+            return
+        first = chunk.own_start + 1
+        targets = list(seq.token_ids[first : first + num_rows])
+        num_top = seq.request.sampling.prompt_logprobs or 0
+        seq.add_prompt_logprobs(first, token_logprobs(logits[:num_rows], targets, [num_top] * num_rows))
 
     def _fail_chunks(self, failed_chunks) -> list[Sequence]:
         failed = []
@@ -246,11 +278,12 @@ class LLMEngine:
                 failed.append(chunk.seq)
         return failed
 
-    def _sample(self, batch: SchedulerOutput, logits: torch.Tensor) -> list[int]:
-        seqs = batch.sampled_seqs
-        return sample(
-            logits, [s.request.sampling for s in seqs], [s.token_ids for s in seqs], [s.generator for s in seqs]
-        )
+    def _sample(self, batch: SchedulerOutput, logits: torch.Tensor) -> SampleResult:
+        rows = [
+            SampleRow(seq.request.sampling, seq.token_ids, seq.num_prompt_tokens, seq.generator, seq.banned_ids)
+            for seq in batch.sampled_seqs
+        ]
+        return sample_rows(logits, rows)
 
     def _unpin_finished(self, seqs: list[Sequence]) -> None:
         for seq in seqs:
@@ -263,9 +296,11 @@ class LLMEngine:
         outputs = [seq.take_output(now) for seq in seqs]
         with self._lock:
             handles = [self._requests[out.request_id].handle for out in outputs]
-            for out in outputs:
+            for seq, out in zip(seqs, outputs, strict=True):
                 if out.finished:
                     del self._requests[out.request_id]
+                    if self._group_leaders.get(seq.request.group or "") is seq:
+                        del self._group_leaders[seq.request.group or ""]
         for handle, out in zip(handles, outputs, strict=True):
             try:
                 handle.deliver(out)
@@ -281,6 +316,11 @@ class LLMEngine:
         vocab = self.registry.shape.vocab_size
         if any(not 0 <= t < vocab for t in request.prompt_token_ids):
             raise RequestValidationError(f"prompt token ids must be in [0, {vocab})")
+        sampling = request.sampling
+        if any(not 0 <= t < vocab for t, _ in sampling.logit_bias):
+            raise RequestValidationError(f"logit_bias token ids must be in [0, {vocab})", param="logit_bias")
+        if any(not 0 <= t < vocab for t in sampling.stop_token_ids):
+            raise RequestValidationError(f"stop_token_ids must be in [0, {vocab})", param="stop_token_ids")
 
     def _check_length(self, request: GenerationRequest, num_virtual_tokens: int) -> None:
         total = num_virtual_tokens + len(request.prompt_token_ids)
@@ -305,6 +345,7 @@ class LLMEngine:
             token_ids=list(request.prompt_token_ids),
             eos_token_ids=self.eos_token_ids,
             max_model_len=self.max_model_len,
+            prompt_logprobs=[None] if request.sampling.prompt_logprobs is not None else None,
         )
 
 

@@ -42,7 +42,7 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, chunks: Seq[Chunk]) -> torch.Tensor:
-        """Forward every chunk; returns the last-token logits of chunks with `needs_logits`. # [n, vocab]"""
+        """Forward every chunk; returns each chunk's `num_logit_rows` logits, in packing order. # [n, vocab]"""
         inputs = build_step_inputs(chunks, self.kv_cache.block_size, self.device, self.plan_heads)
         embeds = embedding_gather(
             inputs.token_ids, self.embedding, self.prompt_table.rows, use_reference=self.use_reference

@@ -9,15 +9,30 @@ SAMPLING_EPS is greedy, and a sampled row whose probabilities are no distributio
 from __future__ import annotations
 
 from collections.abc import Sequence as Seq
+from dataclasses import dataclass
 
 import torch
 
-from server.engine.request import SamplingParams
+from server.engine.logits_processing import SampleRow, apply_repetition_penalty, process_logits
+from server.engine.logprobs import token_logprobs
+from server.engine.request import SamplingParams, TokenLogprob
+
+__all__ = [
+    "SampleResult",
+    "SampleRow",
+    "apply_repetition_penalty",
+    "filter_top_k",
+    "filter_top_p",
+    "sample",
+    "sample_row",
+    "sample_rows",
+]
 
 
-def apply_repetition_penalty(row: torch.Tensor, seen_ids: list[int], penalty: float) -> None:
-    """transformers' rule: a seen token's positive logit is divided by the penalty, a negative one multiplied."""
-    _apply_repetition_penalties(row.unsqueeze(0), [0], [seen_ids], [penalty])
+@dataclass(frozen=True)
+class SampleResult:
+    token_ids: list[int]  # one per row
+    logprobs: list[TokenLogprob | None]  # one per row: set where its params ask for logprobs
 
 
 def filter_top_k(row: torch.Tensor, top_k: int) -> torch.Tensor:
@@ -29,18 +44,27 @@ def filter_top_p(row: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 def sample_row(row: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
-    return _sample_rows(row.unsqueeze(0), [params], [generator], row.argmax(-1, keepdim=True))[0]
+    return _draw(row.unsqueeze(0), [params], [generator], row.argmax(-1, keepdim=True))[0]
 
 
 def sample(
     logits: torch.Tensor, params: Seq[SamplingParams], seen_ids: Seq[list[int]], generators: Seq[torch.Generator | None]
 ) -> list[int]:
-    """logits [num_seqs, vocab] -> one token id per row."""
-    if all(p.is_greedy and p.repetition_penalty == 1.0 for p in params):
+    """logits [num_seqs, vocab] -> one token id per row (`seen_ids`: the repetition penalty's tokens)."""
+    rows = [SampleRow(p, seen, len(seen), g) for p, seen, g in zip(params, seen_ids, generators, strict=True)]
+    return sample_rows(logits, rows).token_ids
+
+
+def sample_rows(logits: torch.Tensor, rows: Seq[SampleRow]) -> SampleResult:
+    """logits [num_rows, vocab] -> each row's token, and its logprobs where asked."""
+    if all(row.params.is_greedy and not row.is_processed and row.params.logprobs is None for row in rows):
         chosen = _plain_greedy(logits)
         if chosen is not None:
-            return chosen
-    return _sample(logits, params, seen_ids, generators)
+            return SampleResult(chosen, [None] * len(rows))
+    logits = torch.where(torch.isnan(logits), float("-inf"), logits.float())  # new: the caller's stays as it was
+    process_logits(logits, rows)
+    chosen = _choose(logits, rows)
+    return SampleResult(chosen, _logprobs(logits, rows, chosen))
 
 
 def _plain_greedy(logits: torch.Tensor) -> list[int] | None:
@@ -53,52 +77,48 @@ def _plain_greedy(logits: torch.Tensor) -> list[int] | None:
     return None if -1 in chosen else chosen
 
 
-def _sample(
-    logits: torch.Tensor, params: Seq[SamplingParams], seen_ids: Seq[list[int]], generators: Seq[torch.Generator | None]
-) -> list[int]:
-    """Every case: repetition penalties, sampled rows, NaN logits."""
-    logits = torch.where(torch.isnan(logits), float("-inf"), logits.float())  # new: the caller's stays as it was
-    penalized = [i for i, p in enumerate(params) if p.repetition_penalty != 1.0]
-    if penalized:
-        _apply_repetition_penalties(
-            logits, penalized, [seen_ids[i] for i in penalized], [params[i].repetition_penalty for i in penalized]
-        )
-    greedy = logits.argmax(-1)  # [num_seqs]
-    sampled = [i for i, p in enumerate(params) if not p.is_greedy]
+def _choose(logits: torch.Tensor, rows: Seq[SampleRow]) -> list[int]:
+    """logits [num_rows, vocab] processed -> greedy rows' argmax, sampled rows' draws."""
+    greedy = logits.argmax(-1)  # [num_rows]
+    sampled = [i for i, row in enumerate(rows) if not row.params.is_greedy]
     chosen = greedy.tolist()
     if sampled:
-        rows = torch.tensor(sampled, device=logits.device)
-        drawn = _sample_rows(logits[rows], [params[i] for i in sampled], [generators[i] for i in sampled], greedy[rows])
-        for i, token_id in zip(sampled, drawn):
+        index = torch.tensor(sampled, device=logits.device)
+        params, generators = [rows[i].params for i in sampled], [rows[i].generator for i in sampled]
+        for i, token_id in zip(sampled, _draw(logits[index], params, generators, greedy[index])):
             chosen[i] = token_id
     return chosen
 
 
-def _apply_repetition_penalties(
-    logits: torch.Tensor, rows: list[int], seen_ids: list[list[int]], penalties: list[float]
-) -> None:
-    """In place, every listed row in one gather and one scatter (a repeated id writes the same value twice)."""
-    counts = torch.tensor([len(seen) for seen in seen_ids])
-    if int(counts.sum()) == 0:
-        return
-    device = logits.device
-    row_index = torch.repeat_interleave(torch.tensor(rows), counts).to(device)
-    col_index = torch.cat([torch.tensor(seen, dtype=torch.int64) for seen in seen_ids]).to(device)
-    penalty = torch.repeat_interleave(torch.tensor(penalties, dtype=logits.dtype), counts).to(device)
-    scores = logits[row_index, col_index]
-    logits[row_index, col_index] = torch.where(scores < 0, scores * penalty, scores / penalty)
+def _logprobs(logits: torch.Tensor, rows: Seq[SampleRow], chosen: list[int]) -> list[TokenLogprob | None]:
+    """Of the distribution each row chose from: its processed logits, over its temperature when sampling (top-k
+    and top-p not applied: they cut the distribution, they do not reshape it)."""
+    asked = [i for i, row in enumerate(rows) if row.params.logprobs is not None]
+    out: list[TokenLogprob | None] = [None] * len(rows)
+    if not asked:
+        return out
+    index = torch.tensor(asked, device=logits.device)
+    scores = logits[index] / _temperatures([rows[i].params for i in asked], logits).unsqueeze(1)
+    num_top = [rows[i].params.logprobs or 0 for i in asked]
+    for i, logprob in zip(asked, token_logprobs(scores, [chosen[i] for i in asked], num_top)):
+        out[i] = logprob
+    return out
 
 
-def _sample_rows(
+def _temperatures(params: Seq[SamplingParams], like: torch.Tensor) -> torch.Tensor:
+    """Each row's temperature (1 for greedy rows), clamped: one past the dtype's range would be inf, and
+    -inf / inf is NaN. # [num_rows]"""
+    values = [1.0 if p.is_greedy else p.temperature for p in params]
+    return torch.tensor(values, dtype=like.dtype, device=like.device).clamp(max=torch.finfo(like.dtype).max)
+
+
+def _draw(
     logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None], fallback: torch.Tensor
 ) -> list[int]:
     """logits [num_rows, vocab] of sampled rows -> one drawn token id per row; a row whose probabilities are not
     a distribution gets its `fallback` [num_rows] id."""
-    dtype, device = logits.dtype, logits.device
-    # Clamped: a temperature past the dtype's range would be inf, and -inf / inf is NaN.
-    temperature = torch.tensor([p.temperature for p in params], dtype=dtype, device=device).clamp(
-        max=torch.finfo(dtype).max
-    )
+    dtype = logits.dtype
+    temperature = _temperatures(params, logits)
     scores = _filter(logits / temperature.unsqueeze(1), [p.top_k for p in params], [p.top_p for p in params])
     probs = scores.softmax(-1)  # [num_rows, vocab]
     is_valid = torch.isfinite(probs).all(-1, keepdim=True) & (probs.sum(-1, keepdim=True) > 0)

@@ -33,6 +33,7 @@ from server.engine.fair_share import FairShare
 from server.engine.prefix_cache import PrefixCache
 from server.engine.prompt_cache import PromptCache, entry_key
 from server.engine.prompt_table import OutOfRowsError
+from server.engine.request import TokenLogprob
 from server.engine.seat_share import SeatShare
 from server.engine.sequence import Sequence, SequenceStatus
 from server.engine.waiting_queue import WaitingQueue, is_starving
@@ -44,6 +45,7 @@ class _Admission(enum.Enum):
     ADMITTED = "admitted"
     NO_ROOM = "no room"  # no blocks or rows for its prompt, or no blocks for its first chunk
     PREFIX_PENDING = "prefix pending"  # its prompt's K/V are still being materialized
+    SIBLING_PENDING = "sibling pending"  # the first sample of its group is still computing the shared prompt
     NO_BUDGET = "no budget"  # materializing its prompt used what the step had left
 
 
@@ -165,6 +167,8 @@ class Scheduler:
 
     def _admit(self, seq: Sequence, out: SchedulerOutput, budget: int, now: float) -> tuple[int, _Admission]:
         """Try to move the waiting `seq` to running with its first chunk; returns (budget used, outcome)."""
+        if self._is_sibling_pending(seq):
+            return 0, _Admission.SIBLING_PENDING
         if not self._hold_prompt(seq):
             return 0, _Admission.NO_ROOM
         used, is_prompt_ready = self._materialize(seq, out, budget)
@@ -194,8 +198,20 @@ class Scheduler:
             return _Admission.NO_ROOM
         return _Admission.ADMITTED
 
+    def _is_sibling_pending(self, seq: Sequence) -> bool:
+        """The n samples of one prompt compute it once: a later one waits while the first, running, has not
+        computed the prompt yet, then finds its full blocks in the prefix cache. Not behind a first one that waits
+        itself (preempted): that could take long, and computing the prompt twice is only slower."""
+        leader = seq.group_leader
+        if leader is None or not self.prefix_cache.enabled:
+            return False
+        return leader.status is SequenceStatus.RUNNING and leader.num_computed < leader.num_prompt_tokens
+
     def _take_cached(self, seq: Sequence) -> None:
-        """Start the waiting sequence from its cached full blocks."""
+        """Start the waiting sequence from its cached full blocks (not one whose prompt logprobs are still to be
+        computed: cached blocks come without logits)."""
+        if seq.needs_prompt_logits:
+            return
         seq.own_blocks = self.prefix_cache.take_cached(seq)
         seq.num_computed = len(seq.own_blocks) * self.block_manager.block_size
 
@@ -261,6 +277,7 @@ class Scheduler:
             own_blocks=tuple(seq.own_blocks),
             own_start=start,
             needs_logits=start + num_tokens == len(seq.token_ids),
+            needs_every_logit=seq.needs_prompt_logits,
         )
 
     def _reserve(self, seq: Sequence, num_tokens: int) -> bool:
@@ -289,8 +306,14 @@ class Scheduler:
 
     # ---- the second half of a step ----
 
-    def postprocess(self, batch: SchedulerOutput, sampled_token_ids: list[int]) -> list[Sequence]:
-        """Apply a step that ran: `sampled_token_ids` has one token per `batch.sampled_seqs`, in that order.
+    def postprocess(
+        self,
+        batch: SchedulerOutput,
+        sampled_token_ids: list[int],
+        sampled_logprobs: list[TokenLogprob | None] | None = None,
+    ) -> list[Sequence]:
+        """Apply a step that ran: `sampled_token_ids` has one token per `batch.sampled_seqs`, in that order, and
+        `sampled_logprobs` (if given) their logprobs where the sequence asked for them.
 
         Returns the sequences that took a token; the finished ones among them have already left the scheduler.
         """
@@ -302,9 +325,10 @@ class Scheduler:
             self.prefix_cache.publish(chunk.seq, chunk.own_start)
         now = time.monotonic()
         sampled = batch.sampled_seqs
-        for seq, token_id in zip(sampled, sampled_token_ids, strict=True):
+        logprobs = sampled_logprobs if sampled_logprobs is not None else [None] * len(sampled)
+        for seq, token_id, logprob in zip(sampled, sampled_token_ids, logprobs, strict=True):
             try:
-                seq.append_token(token_id, now)
+                seq.append_token(token_id, now, logprob)
             except Exception as exc:  # its detokenizer or stop matcher: that request's fault alone
                 seq.fail(f"the engine failed on this request's output ({type(exc).__name__})")
             self.fair_share.charge_output(seq)

@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from server.engine.detokenizer import IncrementalDetokenizer
-from server.engine.request import FinishReason, GenerationRequest, RequestOutput, RequestTimings
+from server.engine.request import FinishReason, GenerationRequest, RequestOutput, RequestTimings, TokenLogprob
 from server.engine.stop_strings import StopStringMatcher
 
 if TYPE_CHECKING:
     from prompt_store.registry import TaskVersionRef
     from server.engine.prompt_cache import PromptCacheEntry
+    from server.engine.structured_output import GrammarMatcher
 
 
 class SequenceStatus(enum.Enum):
@@ -53,6 +54,12 @@ class Sequence:
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
     error: str | None = None  # why it failed, with FinishReason.ERROR
+    grammar: GrammarMatcher | None = None  # response_format: advanced by every token it takes
+    group_leader: Sequence | None = None  # the first of its sample group: its prompt blocks are this one's cache
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)  # of pending_token_ids, when asked
+    # With sampling.prompt_logprobs: filled as its prompt's chunks run, led by None (the first token's).
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    is_prompt_logprobs_reported: bool = False
 
     @property
     def request_id(self) -> str:
@@ -82,18 +89,47 @@ class Sequence:
     def is_finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
 
-    def append_token(self, token_id: int, now: float) -> None:
+    @property
+    def needs_prompt_logits(self) -> bool:
+        """Its prompt's chunks must return every row's logits (and may not start from cached blocks)."""
+        collected = self.prompt_logprobs
+        return collected is not None and len(collected) < self.num_prompt_tokens
+
+    @property
+    def banned_ids(self) -> tuple[int, ...]:
+        """Tokens it may not take next: before `min_tokens`, those that would end it."""
+        sampling = self.request.sampling
+        if self.num_generated >= sampling.min_tokens:
+            return ()
+        return (*self.eos_token_ids, *sampling.stop_token_ids)
+
+    def add_prompt_logprobs(self, first_token: int, logprobs: list[TokenLogprob]) -> None:
+        """Logprobs of prompt tokens `first_token`, `first_token + 1`, ...; those already held are kept (a
+        preempted sequence recomputes its prompt)."""
+        collected = self.prompt_logprobs
+        assert collected is not None  # only sequences that asked get prompt logits
+        skip = len(collected) - first_token
+        if skip >= 0:
+            collected += logprobs[skip:]
+
+    def append_token(self, token_id: int, now: float, logprob: TokenLogprob | None = None) -> None:
         """Take the token sampled for this sequence; finish if it ends the generation."""
         self.token_ids.append(token_id)
         self.pending_token_ids.append(token_id)
+        if logprob is not None:
+            self.pending_logprobs.append(logprob)
         if self.first_token_time is None:
             self.first_token_time = now
+        if self.grammar is not None and token_id not in self.eos_token_ids and not self.grammar.accept(token_id):
+            self.fail(f"token {token_id} broke the response_format grammar")  # its mask allowed it: an engine bug
+            return
         reason = self._stop_reason(token_id)
         if reason is not None:
             self.finish(reason)
 
     def _stop_reason(self, token_id: int) -> FinishReason | None:
-        if token_id in self.eos_token_ids and not self.request.sampling.ignore_eos:
+        sampling = self.request.sampling
+        if token_id in self.eos_token_ids and not sampling.ignore_eos or token_id in sampling.stop_token_ids:
             return FinishReason.EOS  # its text is never produced
         self.stop_matcher.add(self.detokenizer.add(token_id))
         if self.stop_matcher.is_stopped:
@@ -118,8 +154,12 @@ class Sequence:
         finished = self.is_finished
         if finished and self.finish_reason is not FinishReason.STOP:
             self.stop_matcher.add(self.detokenizer.flush())
-        new_ids = tuple(self.pending_token_ids)
+        new_ids, new_logprobs = tuple(self.pending_token_ids), tuple(self.pending_logprobs)
         self.pending_token_ids.clear()
+        self.pending_logprobs.clear()
+        prompt_logprobs = None
+        if self.prompt_logprobs is not None and new_ids and not self.is_prompt_logprobs_reported:
+            prompt_logprobs, self.is_prompt_logprobs_reported = tuple(self.prompt_logprobs), True
         timings = None
         if finished:
             timings = RequestTimings(
@@ -140,4 +180,6 @@ class Sequence:
             task_version=self.task_ref.version if self.task_ref else None,
             timings=timings,
             error=self.error if finished else None,
+            new_logprobs=new_logprobs,
+            prompt_logprobs=prompt_logprobs,
         )

@@ -17,10 +17,10 @@ from server.engine.batch import Chunk
 class StepInputs:
     token_ids: torch.Tensor  # [num_tokens] int64; ids >= vocab_size are prompt-table rows
     positions: torch.Tensor  # [num_tokens] int64 position ids
-    logit_rows: torch.Tensor  # [max(1, num_logits)] int64: each sampled chunk's last row (one row even if none)
+    logit_rows: torch.Tensor  # [max(1, num_logits)] int64: each chunk's `num_logit_rows` last rows (one even if none)
     slot_mapping: torch.Tensor  # [num_tokens] int64: where each new token's K/V go
     attention: PagedAttentionMetadata  # per chunk: block tables, lengths, query offsets; checked once
-    num_logits: int  # chunks that need logits
+    num_logits: int  # rows of logits the chunks need
 
 
 def build_step_inputs(
@@ -35,11 +35,10 @@ def build_step_inputs(
         for c in chunks
         for i in range(c.own_start, c.own_len)
     ]
-    query_start_loc, logit_rows = [0], []
+    query_start_loc, logit_rows = [0], list[int]()
     for c in chunks:
         query_start_loc.append(query_start_loc[-1] + c.num_tokens)
-        if c.needs_logits:
-            logit_rows.append(query_start_loc[-1] - 1)
+        logit_rows += range(query_start_loc[-1] - c.num_logit_rows, query_start_loc[-1])
     num_logits = len(logit_rows)
     width = max(len(c.block_table) for c in chunks)
     tables = [b for c in chunks for b in (*c.block_table, *[0] * (width - len(c.block_table)))]

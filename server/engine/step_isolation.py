@@ -15,22 +15,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from server.engine.batch import MaterializationChunk, SchedulerOutput, SequenceChunk
+from server.engine.request import TokenLogprob
+from server.engine.sampler import SampleResult
 
 log = logging.getLogger("promptswap.engine")
 
 # runs a batch and samples: one token per `batch.sampled_seqs`
-Forward = Callable[[SchedulerOutput], list[int]]
+Forward = Callable[[SchedulerOutput], SampleResult]
 
 
 @dataclass
 class IsolatedStep:
     batch: SchedulerOutput  # the chunks that ran alone without a fault, to postprocess
     sampled_token_ids: list[int]  # one per `batch.sampled_seqs`
+    sampled_logprobs: list[TokenLogprob | None]  # one per `batch.sampled_seqs`: where it asked for logprobs
     failed_chunks: list[tuple[SequenceChunk | MaterializationChunk, str]] = field(default_factory=list)  # + why
 
 
 def isolate(batch: SchedulerOutput, forward: Forward) -> IsolatedStep:
-    result = IsolatedStep(SchedulerOutput(preempted=batch.preempted), [])
+    result = IsolatedStep(SchedulerOutput(preempted=batch.preempted), [], [])
     broken_entries = []  # prompts whose materialization failed: their readers in this batch cannot run
     for chunk in batch.chunks:
         if isinstance(chunk, SequenceChunk) and chunk.seq.prompt_entry in broken_entries:
@@ -44,7 +47,8 @@ def isolate(batch: SchedulerOutput, forward: Forward) -> IsolatedStep:
                 broken_entries.append(chunk.entry)
             continue
         result.batch.chunks.append(chunk)
-        result.sampled_token_ids += sampled
+        result.sampled_token_ids += sampled.token_ids
+        result.sampled_logprobs += sampled.logprobs
     return result
 
 

@@ -330,7 +330,8 @@ def test_the_plain_greedy_fast_path_chooses_what_the_general_path_does(dtype):
         logits = logits.to(dtype)
         original = logits.clone()
         chosen = sample(logits, greedy, [[]] * 4, [None] * 4)
-        assert chosen == sampler._sample(logits.clone(), greedy, [[]] * 4, [None] * 4)
+        general = torch.where(logits.isnan(), float("-inf"), logits.float())
+        assert chosen == sampler._choose(general, [sampler.SampleRow(p, [], 0) for p in greedy])
         assert torch.equal(logits.isnan(), original.isnan()) and torch.equal(logits.nan_to_num(), original.nan_to_num())
     assert sampler._plain_greedy(_random_logits(28, rows=3)) == _random_logits(28, rows=3).argmax(-1).tolist()
     assert sampler._plain_greedy(_bad_rows()) is None

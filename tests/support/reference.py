@@ -41,3 +41,20 @@ def base_greedy(base_dir: Path, input_ids: list[int], max_new_tokens: int) -> li
     """Greedy new tokens of the base model alone, up to and including EOS."""
     base = AutoModelForCausalLM.from_pretrained(base_dir).eval()
     return greedy_uncached(base, input_ids, max_new_tokens, eos_token_ids(base)).token_ids
+
+
+def load_reference(base_dir: Path, adapter_dir: Path | None):
+    """The PEFT model of an adapter on `base_dir` (the base model alone with None), for `forward_logits`."""
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    return (PeftModel.from_pretrained(base, adapter_dir) if adapter_dir is not None else base).eval()
+
+
+def forward_logits(model, token_ids: list[int], subtask: int | None = None):
+    """One uncached forward over `token_ids`: the logits at each of them (virtual positions dropped),
+    float32. # [len(token_ids), vocab]"""
+    import torch
+
+    extra = {} if subtask is None else {"task_ids": torch.tensor([subtask])}
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([token_ids]), **extra).logits[0].float()
+    return logits[-len(token_ids) :]
