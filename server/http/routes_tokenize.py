@@ -29,9 +29,7 @@ async def tokenize(
     unsupported = body.unsupported_field()
     if unsupported is not None:
         raise RequestValidationError(f"{unsupported} is not supported", param=unsupported)
-    ctx.service.require_loaded()
-    task = parse_task_reference(body.model, ctx.config.base_model_id, "model")
-    num_virtual = num_virtual_tokens(ctx, task, principal.caller)
+    num_virtual = _num_virtual_tokens(ctx, body.model, principal)
     token_ids = list(await _token_ids(ctx, body))
     token_strs = await ctx.offload.run(ctx.engine.token_strings, token_ids) if body.return_token_strs else None
     return TokenizeResponse(
@@ -40,6 +38,11 @@ async def tokenize(
         tokens=token_ids,
         token_strs=token_strs,
     )
+
+
+def _num_virtual_tokens(ctx: AppContext, model: str | None, principal: Principal) -> int:
+    ctx.service.require_loaded()
+    return num_virtual_tokens(ctx, parse_task_reference(model, ctx.config.base_model_id, "model"), principal.caller)
 
 
 async def _token_ids(ctx: AppContext, body: TokenizeRequest) -> tuple[int, ...]:
@@ -58,8 +61,6 @@ async def detokenize(
     ctx: AppContext = Depends(get_context),
     principal: Principal = Depends(inference_principal),
 ) -> DetokenizeResponse:
-    ctx.service.require_loaded()
-    task = parse_task_reference(body.model, ctx.config.base_model_id, "model")
-    num_virtual_tokens(ctx, task, principal.caller)  # an unknown task, or one the caller may not use: 404
+    _num_virtual_tokens(ctx, body.model, principal)  # an unknown task, or one the caller may not use: 404
     check_token_ids(ctx.config, body.tokens, ctx.engine.vocab_size(), "tokens")
     return DetokenizeResponse(prompt=await ctx.offload.run(ctx.engine.detokenize, body.tokens))

@@ -115,4 +115,3 @@ def test_tokenize_needs_a_key_when_keys_are_required():
             assert response.status_code == 401 and response.json()["error"]["type"] == "authentication_error"
 
     run_with_client(check, require_api_key=True)
-
