@@ -9,9 +9,10 @@ quota check and the store it permits are one step, and a tenant is never deleted
 Ownership: every task has an owner (a tenant) or none (shared). Every call that names a task is made for a
 `Caller`, and a task the caller may not see is, to it, exactly an unknown task: the same error, the same message.
 
-Pin invariant: a pinned version's spec stays obtainable until unpinned. Only the active version can be newly
-pinned, so the pin count of any other version only falls; pruning skips pinned versions, and `delete` first moves
-pinned versions' specs into the host cache (which never evicts pinned entries) before removing the files.
+Pin invariant: a pinned version's spec stays obtainable until unpinned. A version is newly pinned only under `_lock`
+while the task's manifest still lists it (the active one, or a kept one named by `NAME@N`); pruning drops versions
+from the manifest under the same lock and skips pinned ones, and `delete` first moves pinned versions' specs into
+the host cache (which never evicts pinned entries) before removing the files.
 """
 
 from __future__ import annotations
@@ -244,11 +245,13 @@ class PromptRegistry:
         self._storage.remove_versions(task, doomed)
 
     # ---- the engine's side: pins and specs -----------------------------------------------------------------
-    def pin(self, task: str, subtask: int = 0, caller: Caller = ANONYMOUS) -> TaskVersionRef:
-        """Pin the task's active version for one request, until `unpin`."""
+    def pin(
+        self, task: str, subtask: int = 0, caller: Caller = ANONYMOUS, version: int | None = None
+    ) -> TaskVersionRef:
+        """Pin a version for one request, until `unpin`: the active one, or `version` if it is still kept."""
         with self._lock:
             manifest = self._visible(task, caller)
-            record = manifest.active
+            record = manifest.active if version is None else _kept_version(manifest, version)
             if type(subtask) is not int or not 0 <= subtask < record.num_variants:
                 last = record.num_variants - 1
                 raise InvalidSubtaskError(
@@ -323,9 +326,7 @@ class PromptRegistry:
         with self._task_lock(task):
             with self._lock:
                 manifest = self._managed(task, caller)
-            if manifest.version(version) is None or type(version) is not int:
-                kept = [r.version for r in manifest.versions]
-                raise UnknownTaskError(f"task {task!r} has no version {version!r}; kept versions: {kept}")
+            _kept_version(manifest, version)
             if manifest.active_version != version:
                 activated = replace(manifest, active_version=version)
                 self._storage.commit(activated)
@@ -473,6 +474,15 @@ class PromptRegistry:
     def _count(self, name: str) -> None:
         with self._lock:
             self._counts[name] += 1
+
+
+def _kept_version(manifest: TaskManifest, version: int) -> VersionRecord:
+    """The record of a version still kept; else not found, naming the kept versions."""
+    record = manifest.version(version) if type(version) is int else None
+    if record is None:
+        kept = [r.version for r in manifest.versions]
+        raise UnknownTaskError(f"task {manifest.task!r} has no version {version!r}; kept versions: {kept}")
+    return record
 
 
 def _new_record(version: int, spec: PromptSpec, config_bytes: bytes, model_bytes: bytes) -> VersionRecord:

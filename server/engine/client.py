@@ -159,18 +159,39 @@ class EngineClient:
         """Prompt + virtual + generated tokens one sequence may hold (the model's and the KV pool's bounds included)."""
         return self._require_loaded().max_model_len
 
-    def tokenize(self, text: str) -> list[int]:
-        return list(self._loaded_tokenizer()(text).input_ids)
+    def vocab_size(self) -> int:
+        """Token ids run over [0, vocab_size): the model's embedding rows."""
+        self._require_loaded()
+        assert self.registry is not None  # set with the engine
+        return self.registry.shape.vocab_size
 
-    def apply_chat_template(self, messages: list[dict]) -> str:
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self._loaded_tokenizer()(text, add_special_tokens=add_special_tokens).input_ids)
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        """The text of ids in [0, vocab_size), special tokens included (as vLLM's /detokenize)."""
+        return cast(str, self._loaded_tokenizer().decode(token_ids))
+
+    def token_strings(self, token_ids: list[int]) -> list[str]:
+        """Each id's entry in the tokenizer's vocabulary ("Ġthe"), not its decoded text."""
+        return list(self._loaded_tokenizer().convert_ids_to_tokens(token_ids))
+
+    def apply_chat_template(
+        self, messages: list[dict], add_generation_prompt: bool = True, continue_final_message: bool = False
+    ) -> str:
         tokenizer = self._loaded_tokenizer()
         if not getattr(tokenizer, "chat_template", None):
             raise RequestValidationError("this model has no chat template; use /v1/completions")
         try:
-            # tokenize=False: the template's text
-            return cast(str, tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+            text = tokenizer.apply_chat_template(
+                messages,
+                tokenize=False,  # the template's text
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
+            )
         except Exception as exc:  # the template rejects the messages (roles out of order, ...)
             raise RequestValidationError(f"messages do not fit the chat template: {exc}") from None
+        return cast(str, text)
 
     def submit(self, request: SubmitRequest, loop: asyncio.AbstractEventLoop) -> RequestStream:
         """Admit a request or raise: UnknownTaskError (404), RequestValidationError (400/422),

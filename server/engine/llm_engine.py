@@ -90,10 +90,13 @@ class LLMEngine:
     # ---- callers' side (any thread) ----
 
     def add_request(self, request: GenerationRequest, on_output: OutputCallback | None = None) -> RequestHandle:
-        """Pin the task's active version now and queue the request; raises UnknownTaskError, RequestValidationError."""
+        """Pin the task's version now (the active one, or `task_version` if kept) and queue the request; raises
+        UnknownTaskError, RequestValidationError."""
         self._validate(request)
         task_ref = (
-            self.registry.pin(request.task, request.subtask, request.caller) if request.task is not None else None
+            self.registry.pin(request.task, request.subtask, request.caller, request.task_version)
+            if request.task is not None
+            else None
         )
         try:
             self._check_length(request, task_ref.num_virtual_tokens if task_ref else 0)
@@ -313,6 +316,8 @@ class LLMEngine:
     def _validate(self, request: GenerationRequest) -> None:
         if not request.prompt_token_ids:
             raise RequestValidationError("the prompt is empty: give at least one token of input")
+        if request.task is None and request.task_version is not None:
+            raise RequestValidationError("the base model has no versions to pin")
         vocab = self.registry.shape.vocab_size
         if any(not 0 <= t < vocab for t in request.prompt_token_ids):
             raise RequestValidationError(f"prompt token ids must be in [0, {vocab})")

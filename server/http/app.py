@@ -10,7 +10,14 @@ from starlette.concurrency import run_in_threadpool
 
 from server.config import ServerConfig
 from server.engine.client import EngineClient
-from server.http import routes_admin, routes_generate, routes_openai, routes_service, routes_tenants
+from server.http import (
+    routes_admin,
+    routes_generate,
+    routes_openai,
+    routes_service,
+    routes_tenants,
+    routes_tokenize,
+)
 from server.http.audit import AuditLog, AuditTrail
 from server.http.context import AppContext
 from server.http.errors import install_error_handlers
@@ -43,7 +50,7 @@ def create_app(config: ServerConfig, engine: EngineClient) -> FastAPI:
         limits=TenantLimits(metrics),
     )
     install_error_handlers(app)
-    for module in (routes_generate, routes_openai, routes_admin, routes_tenants, routes_service):
+    for module in (routes_generate, routes_openai, routes_tokenize, routes_admin, routes_tenants, routes_service):
         app.include_router(module.router)
     app.add_middleware(
         BodySizeLimit, max_body_bytes=config.max_body_bytes, max_inference_body_bytes=config.max_inference_body_bytes

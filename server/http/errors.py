@@ -29,7 +29,7 @@ from prompt_store.errors import (
 )
 from server.engine.errors import EngineNotReadyError, QueueFullError, RequestFailedError, RequestValidationError
 
-OPENAI_PATH_PREFIXES = ("/v1/completions", "/v1/chat/", "/v1/models")
+OPENAI_PATH_PREFIXES = ("/v1/completions", "/v1/chat/", "/v1/models", "/tokenize", "/detokenize")
 
 
 class UnauthorizedError(Exception):

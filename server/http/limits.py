@@ -42,3 +42,13 @@ def check_messages(config: ServerConfig, messages: list[dict], field: str = "mes
         raise RequestValidationError(
             f"{field} have {num_chars} characters in all; the limit is {config.max_prompt_chars}", param=field
         )
+
+
+def check_token_ids(config: ServerConfig, token_ids: list[int], vocab_size: int, field: str) -> None:
+    """Ids the tokenizer can decode, no more of them than a prompt may have characters."""
+    if len(token_ids) > config.max_prompt_chars:
+        raise RequestValidationError(
+            f"{field} has {len(token_ids)} ids; the limit is {config.max_prompt_chars}", param=field
+        )
+    if any(not 0 <= token_id < vocab_size for token_id in token_ids):
+        raise RequestValidationError(f"{field} must be token ids in [0, {vocab_size})", param=field)

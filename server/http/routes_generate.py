@@ -1,4 +1,4 @@
-"""`POST /v1/generate?task=NAME`: TGI-shaped generation, JSON or server-sent events."""
+"""`POST /v1/generate?task=NAME[@N]`: TGI-shaped generation, JSON or server-sent events."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from server.http.limits import check_stop
 from server.http.prepare import prompt_token_ids, token_budget
 from server.http.protocol_tgi import GenerateDetails, GenerateRequest, GenerateResponse, StreamEvent, StreamToken
 from server.http.sse import EventStreamResponse, sse_event
+from server.http.task_reference import parse_task_reference
 
 router = APIRouter()
 
@@ -30,13 +31,19 @@ async def generate(
 ):
     parameters = body.parameters
     check_stop(ctx.config, tuple(parameters.stop or ()), "parameters.stop")
+    task_ref = parse_task_reference(task, ctx.config.base_model_id, "task")
     token_ids = await prompt_token_ids(ctx, body.inputs, "inputs")
-    max_new_tokens = token_budget(ctx, token_ids, task, admission.caller).max_new_tokens(
+    max_new_tokens = token_budget(ctx, token_ids, task_ref, admission.caller).max_new_tokens(
         parameters.max_new_tokens, SamplingParams.max_new_tokens, "parameters.max_new_tokens", "inputs"
     )
     sampling = parameters.to_sampling(max_new_tokens)
     submit = SubmitRequest(
-        prompt=token_ids, sampling=sampling, task=task or None, subtask=subtask, caller=admission.caller
+        prompt=token_ids,
+        sampling=sampling,
+        task=task_ref.name,
+        subtask=subtask,
+        caller=admission.caller,
+        task_version=task_ref.version,
     )
     generation = Generation.start(ctx, request, submit, admission.lease)
     prefix = body.inputs if body.parameters.return_full_text else ""

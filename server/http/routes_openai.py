@@ -33,6 +33,7 @@ from server.http.protocol_openai import (
     finish_reason_of,
 )
 from server.http.sse import EventStreamResponse, sse_event
+from server.http.task_reference import TaskReference, parse_task_reference
 
 router = APIRouter()
 
@@ -66,7 +67,9 @@ async def completions(
     max_tokens = token_budget(ctx, token_ids, task, admission.caller).max_new_tokens(
         body.max_tokens, DEFAULT_COMPLETION_MAX_TOKENS, "max_tokens", "prompt"
     )
-    submit = SubmitRequest(token_ids, body.to_sampling(max_tokens), task, body.subtask, request_id, admission.caller)
+    submit = SubmitRequest(
+        token_ids, body.to_sampling(max_tokens), task.name, body.subtask, request_id, admission.caller, task.version
+    )
     generation = Generation.start(ctx, request, submit, admission.lease)
     echo = prompt if body.echo and isinstance(prompt, str) else ""
     if body.stream:
@@ -92,7 +95,9 @@ async def chat_completions(
     max_tokens = token_budget(ctx, token_ids, task, admission.caller).max_new_tokens(
         body.requested_max_tokens, ctx.config.max_new_tokens_limit, body.max_tokens_field, "messages"
     )
-    submit = SubmitRequest(token_ids, body.to_sampling(max_tokens), task, body.subtask, request_id, admission.caller)
+    submit = SubmitRequest(
+        token_ids, body.to_sampling(max_tokens), task.name, body.subtask, request_id, admission.caller, task.version
+    )
     generation = Generation.start(ctx, request, submit, admission.lease)
     if body.stream:
         chunks = _chat_chunks(generation, request_id, model, body.include_usage)
@@ -104,8 +109,8 @@ async def chat_completions(
     return ChatCompletionResponse(id=request_id, model=model, choices=[choice], usage=Usage.of(completion.final))
 
 
-def _task_of(ctx: AppContext, model: str) -> str | None:
-    return None if model == ctx.config.base_model_id else model
+def _task_of(ctx: AppContext, model: str) -> TaskReference:
+    return parse_task_reference(model, ctx.config.base_model_id, "model")
 
 
 async def _completion_chunks(

@@ -225,3 +225,44 @@ def test_in_memory_registry_writes_nothing(make_registry, store_config, adapters
     _upload(registry, "t", adapters["llama/prefix"])
     assert registry.load() == []
     assert not store_config.directory.exists()
+
+
+def test_pin_of_a_kept_version_holds_that_version(make_registry, store_config, adapters, second_adapters):
+    registry = make_registry()
+    one, two = adapters["llama/prefix"], second_adapters["llama/prefix"]
+    _upload(registry, "t", one)
+    _upload(registry, "t", two)
+    old, active = registry.pin("t", version=1), registry.pin("t", version=2)
+    assert (old.version, active.version, registry.pin("t").version) == (1, 2, 2)
+    assert torch.equal(registry.spec(old).tensor, _expected(one))
+    assert torch.equal(registry.spec(active).tensor, _expected(two))
+
+
+def test_pin_of_a_pruned_or_unknown_version_is_not_found(make_registry, store_config, adapters, second_adapters):
+    registry = make_registry(replace(store_config, versions_kept=1))
+    for adapter in (adapters["llama/prefix"], second_adapters["llama/prefix"], adapters["llama/prefix"]):
+        _upload(registry, "t", adapter)  # version 1 is pruned
+    for version in (1, 4, 0, True):
+        with pytest.raises(UnknownTaskError, match=f"task 't' has no version {version!r}; kept versions: \\[2, 3\\]"):
+            registry.pin("t", version=version)
+    assert registry.stats().num_pinned_versions == 0
+
+
+def test_a_pinned_kept_version_is_not_pruned(make_registry, store_config, adapters, second_adapters):
+    registry = make_registry(replace(store_config, versions_kept=1))
+    one, two = adapters["llama/prefix"], second_adapters["llama/prefix"]
+    _upload(registry, "t", one)
+    _upload(registry, "t", two)
+    pinned = registry.pin("t", version=1)
+    _upload(registry, "t", two)  # would prune version 1, but it is pinned
+    assert [v.version for v in registry.get_task("t").versions] == [1, 2, 3]
+    assert torch.equal(registry.spec(pinned).tensor, _expected(one))
+
+
+def test_pin_checks_the_subtask_against_the_pinned_version(make_registry, adapters):
+    registry = make_registry()
+    _upload(registry, "t", adapters["llama/multitask"])
+    _upload(registry, "t", adapters["llama/prefix"])
+    assert registry.pin("t", 2, version=1).subtask == 2  # the multitask version has sub-tasks 0..2
+    with pytest.raises(InvalidSubtaskError, match="task 't' version 2 has sub-tasks 0..0"):
+        registry.pin("t", 2)

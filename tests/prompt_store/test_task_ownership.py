@@ -51,6 +51,8 @@ def test_a_task_the_caller_may_not_see_is_an_unknown_task(registry, caller):
 
     for call, args in [
         (registry.pin, ("{}", 0, caller)),
+        (registry.pin, ("{}", 0, caller, 1)),  # a kept version
+        (registry.pin, ("{}", 0, caller, 7)),  # a version that never existed: no list of kept ones either
         (registry.get_task, ("{}", caller)),
         (registry.delete, ("{}", caller)),
         (registry.activate, ("{}", 1, caller)),

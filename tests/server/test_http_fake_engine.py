@@ -29,6 +29,8 @@ from server.http.app import create_app
 BASE_MODEL_ID = "fake-base"
 ADMIN_TOKEN = "test-admin-token"
 MAX_FAKE_VIRTUAL_TOKENS = 64
+BOS_ID = 1  # what the fake tokenizer puts first, as add_special_tokens does
+FAKE_VOCAB_SIZE = 0x110000  # every Unicode code point is a token id
 
 
 class FakeRegistry:
@@ -63,11 +65,19 @@ class FakeRegistry:
         versions = tuple(self.tasks[task])
         return TaskInfo(task, next(v.version for v in versions if v.is_active), versions)
 
-    def activate(self, task: str, version: int, caller=None) -> TaskInfo:
-        versions = self.get_task(task).versions
-        if version not in [v.version for v in versions]:
+    def version_of(self, task: str, version: int | None) -> VersionInfo:
+        """What the real registry's `pin(task, version=...)` would pin: the active version, or a kept one."""
+        info = self.get_task(task)
+        if version is None:
+            return info.active
+        found = next((v for v in info.versions if v.version == version), None)
+        if found is None:
             raise UnknownTaskError(f"task {task!r} has no version {version}")
-        self.tasks[task] = [_with_active(v, v.version == version) for v in versions]
+        return found
+
+    def activate(self, task: str, version: int, caller=None) -> TaskInfo:
+        self.version_of(task, version)
+        self.tasks[task] = [_with_active(v, v.version == version) for v in self.get_task(task).versions]
         return self.get_task(task)
 
     def delete(self, task: str, caller=None) -> None:
@@ -186,11 +196,23 @@ class FakeEngine(EngineClient):
     def max_model_len(self) -> int:
         return self.config.engine.max_model_len
 
-    def tokenize(self, text: str) -> list[int]:
-        return [1] + [ord(c) for c in text]
+    def vocab_size(self) -> int:
+        return FAKE_VOCAB_SIZE
 
-    def apply_chat_template(self, messages: list[dict]) -> str:
-        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return [BOS_ID] * add_special_tokens + [ord(c) for c in text]
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        return "".join("<s>" if token_id == BOS_ID else chr(token_id) for token_id in token_ids)
+
+    def token_strings(self, token_ids: list[int]) -> list[str]:
+        return [f"<{token_id}>" for token_id in token_ids]
+
+    def apply_chat_template(
+        self, messages: list[dict], add_generation_prompt: bool = True, continue_final_message: bool = False
+    ) -> str:
+        text = "".join(f"<{m['role']}>{m['content']}" for m in messages)
+        return text + "<assistant>" if add_generation_prompt else text
 
     def submit(self, request: SubmitRequest, loop: asyncio.AbstractEventLoop) -> RequestStream:
         if not self.is_ready():
@@ -200,9 +222,9 @@ class FakeEngine(EngineClient):
         if not request.prompt:
             raise RequestValidationError("the prompt is empty")
         prompt_ids = self.tokenize(request.prompt) if isinstance(request.prompt, str) else request.prompt
-        version = (
-            None if request.task in (None, self.base_model_id) else self.registry.get_task(request.task).active_version
-        )
+        version = None
+        if request.task not in (None, self.base_model_id):
+            version = self.registry.version_of(request.task, request.task_version).version
         stream = FakeStream(self, request, len(prompt_ids), version)
         self.streams.append(stream)
         return stream
@@ -254,7 +276,10 @@ def test_fake_engine_offers_every_engine_client_method_with_the_same_parameters(
         "is_stalled",
         "stats",
         "max_model_len",
+        "vocab_size",
         "tokenize",
+        "detokenize",
+        "token_strings",
         "apply_chat_template",
         "submit",
         "begin_drain",

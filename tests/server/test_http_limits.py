@@ -195,11 +195,11 @@ def test_tokenizing_runs_off_the_event_loop_on_a_bounded_pool():
         threads = []
         real_tokenize = engine.tokenize
 
-        def slow_tokenize(text: str) -> list[int]:
+        def slow_tokenize(text: str, add_special_tokens: bool = True) -> list[int]:
             threads.append(threading.current_thread().name)
             entered.set()
             release.wait(10)
-            return real_tokenize(text)
+            return real_tokenize(text, add_special_tokens)
 
         engine.tokenize = slow_tokenize
         first = asyncio.create_task(_post(client, "/v1/generate", {"inputs": "x", "parameters": {"max_new_tokens": 2}}))
