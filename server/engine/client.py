@@ -10,14 +10,16 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, cast
 
 from prompt_store.access import ANONYMOUS, Caller
 from server.config import ServerConfig
 from server.engine.errors import EngineNotReadyError, QueueFullError, RequestValidationError
 from server.engine.request import EngineStats, GenerationRequest, RequestOutput, SamplingParams
+from server.engine.token_text import TokenText, TokenTexts
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -168,13 +170,22 @@ class EngineClient:
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self._loaded_tokenizer()(text, add_special_tokens=add_special_tokens).input_ids)
 
-    def detokenize(self, token_ids: list[int]) -> str:
+    def detokenize(self, token_ids: Sequence[int]) -> str:
         """The text of ids in [0, vocab_size), special tokens included (as vLLM's /detokenize)."""
-        return cast(str, self._loaded_tokenizer().decode(token_ids))
+        return cast(str, self._loaded_tokenizer().decode(list(token_ids)))
 
     def token_strings(self, token_ids: list[int]) -> list[str]:
         """Each id's entry in the tokenizer's vocabulary ("Ġthe"), not its decoded text."""
         return list(self._loaded_tokenizer().convert_ids_to_tokens(token_ids))
+
+    def token_texts(self, token_ids: Sequence[int]) -> list[TokenText]:
+        """How each token reads on its own: logprobs' `tokens` / `bytes`, TGI's `text` / `special`. Cheap after a
+        token's first time (kept per id), so the event loop may call it."""
+        return self._token_text_table.of(token_ids)
+
+    @cached_property
+    def _token_text_table(self) -> TokenTexts:
+        return TokenTexts(self._loaded_tokenizer())
 
     def apply_chat_template(
         self, messages: list[dict], add_generation_prompt: bool = True, continue_final_message: bool = False

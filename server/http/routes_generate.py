@@ -10,10 +10,18 @@ from server.engine.client import SubmitRequest
 from server.engine.request import RequestOutput, SamplingParams
 from server.http.admission import Admission, admit_inference
 from server.http.context import AppContext, get_context
-from server.http.generation import Generation
+from server.http.generation import Completion, Generation
 from server.http.limits import check_stop
+from server.http.logprobs import TokenRenderer, prompt_entries, tgi_prefill, tgi_tokens
 from server.http.prepare import prompt_token_ids, token_budget
-from server.http.protocol_tgi import GenerateDetails, GenerateRequest, GenerateResponse, StreamEvent, StreamToken
+from server.http.protocol_tgi import (
+    GenerateDetails,
+    GenerateParameters,
+    GenerateRequest,
+    GenerateResponse,
+    StreamEvent,
+    StreamToken,
+)
 from server.http.sse import EventStreamResponse, sse_event
 from server.http.task_reference import parse_task_reference
 
@@ -30,13 +38,14 @@ async def generate(
     admission: Admission = Depends(admit_inference),
 ):
     parameters = body.parameters
+    body.check_supported()
     check_stop(ctx.config, tuple(parameters.stop or ()), "parameters.stop")
     task_ref = parse_task_reference(task, ctx.config.base_model_id, "task")
     token_ids = await prompt_token_ids(ctx, body.inputs, "inputs")
     max_new_tokens = token_budget(ctx, token_ids, task_ref, admission.caller).max_new_tokens(
         parameters.max_new_tokens, SamplingParams.max_new_tokens, "parameters.max_new_tokens", "inputs"
     )
-    sampling = parameters.to_sampling(max_new_tokens)
+    sampling = parameters.to_sampling(max_new_tokens, body.stream)
     submit = SubmitRequest(
         prompt=token_ids,
         sampling=sampling,
@@ -45,36 +54,69 @@ async def generate(
         caller=admission.caller,
         task_version=task_ref.version,
     )
-    generation = Generation.start(ctx, request, submit, admission.lease)
+    generation = Generation.start(ctx, request, [submit], admission.lease)
     prefix = body.inputs if body.parameters.return_full_text else ""
+    render = ctx.engine.token_texts
     if body.stream:
-        return EventStreamResponse(_stream(generation, prefix), on_close=generation.close, is_openai=False)
-    completion = await generation.collect()
-    return GenerateResponse(generated_text=prefix + completion.text, details=GenerateDetails.of(completion.final))
+        events = _stream(generation, prefix, render, bool(parameters.top_n_tokens))
+        return EventStreamResponse(events, on_close=generation.close, is_openai=False)
+    [completion] = await generation.collect()
+    details = _details(GenerateDetails.of(completion.final), parameters, token_ids, completion, render)
+    return GenerateResponse(generated_text=prefix + completion.text, details=details)
 
 
-async def _stream(generation: Generation, prefix: str) -> AsyncIterator[bytes]:
+def _details(
+    details: GenerateDetails,
+    parameters: GenerateParameters,
+    prompt_ids: tuple[int, ...],
+    completion: Completion,
+    render: TokenRenderer,
+) -> GenerateDetails:
+    """`details` with what the parameters asked for: tokens, top_tokens, prefill."""
+    if parameters.details or parameters.top_n_tokens:
+        tokens, top_tokens = tgi_tokens(render, completion.logprobs)
+        details.tokens = tokens if parameters.details else None
+        details.top_tokens = top_tokens if parameters.top_n_tokens else None
+    if parameters.decoder_input_details:
+        entries = prompt_entries(prompt_ids, completion.prompt_logprobs)
+        details.prefill = tgi_prefill(render, prompt_ids, entries)
+    return details
+
+
+async def _stream(
+    generation: Generation, prefix: str, render: TokenRenderer, with_top_tokens: bool
+) -> AsyncIterator[bytes]:
     texts = [prefix]
-    async for output in generation.outputs():
+    async for _, output in generation.outputs():
         texts.append(output.new_text)
-        for event in _token_events(output, texts):
+        for event in _token_events(output, texts, render, with_top_tokens):
             yield sse_event(event)
 
 
-def _token_events(output: RequestOutput, texts: list[str]) -> list[StreamEvent]:
+def _token_events(
+    output: RequestOutput, texts: list[str], render: TokenRenderer, with_top_tokens: bool
+) -> list[StreamEvent]:
     """One event per token; the last one of a finished request also carries the whole text and the details.
 
     An output's text goes on its last token (earlier ones get ""): the engine releases text only once it can no
     longer turn into a stop string, so it need not line up with single tokens.
     """
-    token_ids = output.new_token_ids
-    tokens = [StreamToken(id=token_id, text="") for token_id in token_ids[:-1]]
-    if token_ids:
-        tokens.append(StreamToken(id=token_ids[-1], text=output.new_text))
-    events = [StreamEvent(token=token) for token in tokens]
+    rendered, top_tokens = tgi_tokens(render, output.new_logprobs)  # a stream always asks for logprobs
+    released = [""] * (len(rendered) - 1) + [output.new_text]
+    tokens = [
+        StreamToken(id=token.id, text=text, logprob=token.logprob, special=token.special)
+        for token, text in zip(rendered, released, strict=False)
+    ]
+    events = [
+        StreamEvent(token=token, top_tokens=tops if with_top_tokens else None)
+        for token, tops in zip(tokens, top_tokens, strict=True)
+    ]
     if output.finished:
         closing = StreamEvent(
-            token=tokens[-1] if tokens else None, generated_text="".join(texts), details=GenerateDetails.of(output)
+            token=tokens[-1] if tokens else None,
+            top_tokens=events[-1].top_tokens if events else None,
+            generated_text="".join(texts),
+            details=GenerateDetails.of(output),
         )
         events[-1:] = [closing]
     return events

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
@@ -15,24 +13,27 @@ from server.http.auth import Principal, inference_principal
 from server.http.context import AppContext, get_context
 from server.http.generation import Generation
 from server.http.limits import check_stop
+from server.http.logprobs import TokenRenderer
+from server.http.openai_responses import (
+    EchoedPrompt,
+    chat_chunks,
+    chat_response,
+    completion_chunks,
+    completion_response,
+    new_head,
+)
 from server.http.prepare import chat_token_ids, prompt_token_ids, token_budget
 from server.http.protocol_openai import (
     DEFAULT_COMPLETION_MAX_TOKENS,
-    ChatChoice,
-    ChatChunkChoice,
-    ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
-    ChatMessageOut,
-    CompletionChoice,
     CompletionRequest,
     CompletionResponse,
     ModelCard,
     ModelList,
-    Usage,
-    finish_reason_of,
 )
-from server.http.sse import EventStreamResponse, sse_event
+from server.http.samples import sample_requests
+from server.http.sse import EventStreamResponse
 from server.http.task_reference import TaskReference, parse_task_reference
 
 router = APIRouter()
@@ -59,6 +60,7 @@ async def completions(
     ctx: AppContext = Depends(get_context),
     admission: Admission = Depends(admit_inference),
 ):
+    body.check_supported()
     prompt = body.prompt_value()
     check_stop(ctx.config, body.stop_strings, "stop")
     token_ids = await prompt_token_ids(ctx, prompt, "prompt")
@@ -70,14 +72,13 @@ async def completions(
     submit = SubmitRequest(
         token_ids, body.to_sampling(max_tokens), task.name, body.subtask, request_id, admission.caller, task.version
     )
-    generation = Generation.start(ctx, request, submit, admission.lease)
-    echo = prompt if body.echo and isinstance(prompt, str) else ""
+    echo = EchoedPrompt(await _echo_text(ctx, prompt), token_ids) if body.echo else None
+    generation = Generation.start(ctx, request, sample_requests(submit, body.num_samples), admission.lease)
+    head, render = new_head(request_id, model, body.include_usage), _renderer(ctx, body.num_logprobs)
     if body.stream:
-        chunks = _completion_chunks(generation, request_id, model, echo, body.include_usage)
+        chunks = completion_chunks(head, generation, echo, render)
         return EventStreamResponse(chunks, on_close=generation.close, is_openai=True)
-    completion = await generation.collect()
-    choice = CompletionChoice(text=echo + completion.text, finish_reason=finish_reason_of(completion.final))
-    return CompletionResponse(id=request_id, model=model, choices=[choice], usage=Usage.of(completion.final))
+    return completion_response(head, await generation.collect(), echo, render)
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
@@ -87,6 +88,7 @@ async def chat_completions(
     ctx: AppContext = Depends(get_context),
     admission: Admission = Depends(admit_inference),
 ):
+    body.check_supported()
     check_stop(ctx.config, body.stop_strings, "stop")
     token_ids = await chat_token_ids(ctx, [message.to_template() for message in body.messages])
     request_id, model = f"chatcmpl-{uuid.uuid4().hex}", body.model or ctx.config.base_model_id
@@ -98,53 +100,23 @@ async def chat_completions(
     submit = SubmitRequest(
         token_ids, body.to_sampling(max_tokens), task.name, body.subtask, request_id, admission.caller, task.version
     )
-    generation = Generation.start(ctx, request, submit, admission.lease)
+    generation = Generation.start(ctx, request, sample_requests(submit, body.num_samples), admission.lease)
+    head, render = new_head(request_id, model, body.include_usage), _renderer(ctx, body.num_logprobs)
     if body.stream:
-        chunks = _chat_chunks(generation, request_id, model, body.include_usage)
+        chunks = chat_chunks(head, generation, render)
         return EventStreamResponse(chunks, on_close=generation.close, is_openai=True)
-    completion = await generation.collect()
-    choice = ChatChoice(
-        message=ChatMessageOut(content=completion.text), finish_reason=finish_reason_of(completion.final)
-    )
-    return ChatCompletionResponse(id=request_id, model=model, choices=[choice], usage=Usage.of(completion.final))
+    return chat_response(head, await generation.collect(), render)
 
 
 def _task_of(ctx: AppContext, model: str) -> TaskReference:
     return parse_task_reference(model, ctx.config.base_model_id, "model")
 
 
-async def _completion_chunks(
-    generation: Generation, request_id: str, model: str, echo: str, include_usage: bool
-) -> AsyncIterator[bytes]:
-    created = int(time.time())
-
-    def chunk(text: str, finish_reason: str | None) -> bytes:
-        choice = CompletionChoice(text=text, finish_reason=finish_reason)
-        return sse_event(CompletionResponse(id=request_id, created=created, model=model, choices=[choice]))
-
-    if echo:
-        yield chunk(echo, None)
-    async for output in generation.outputs():
-        if output.new_text or output.finished:
-            yield chunk(output.new_text, finish_reason_of(output))
-    if include_usage:
-        usage = Usage.of(output)
-        yield sse_event(CompletionResponse(id=request_id, created=created, model=model, choices=[], usage=usage))
+async def _echo_text(ctx: AppContext, prompt: str | tuple[int, ...]) -> str:
+    """The prompt as given, or its token ids' text."""
+    return prompt if isinstance(prompt, str) else await ctx.offload.run(ctx.engine.detokenize, prompt)
 
 
-async def _chat_chunks(
-    generation: Generation, request_id: str, model: str, include_usage: bool
-) -> AsyncIterator[bytes]:
-    created = int(time.time())
-
-    def chunk(delta: dict, finish_reason: str | None = None, usage: Usage | None = None) -> bytes:
-        choices = [] if usage else [ChatChunkChoice(delta=delta, finish_reason=finish_reason)]
-        return sse_event(ChatCompletionChunk(id=request_id, created=created, model=model, choices=choices, usage=usage))
-
-    yield chunk({"role": "assistant", "content": ""})
-    async for output in generation.outputs():
-        if output.new_text:
-            yield chunk({"content": output.new_text})
-    yield chunk({}, finish_reason_of(output))
-    if include_usage:
-        yield chunk({}, usage=Usage.of(output))
+def _renderer(ctx: AppContext, num_logprobs: int | None) -> TokenRenderer | None:
+    """How tokens read in logprobs; None: the request asked for none."""
+    return None if num_logprobs is None else ctx.engine.token_texts

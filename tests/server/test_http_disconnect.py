@@ -25,6 +25,7 @@ async def _until(condition, timeout_s: float = 5.0) -> None:
         ("/v1/generate", {"inputs": "x", "parameters": {"max_new_tokens": 50}, "stream": True}),
         ("/v1/completions", {"prompt": "x", "max_tokens": 50}),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "stream": True}),
+        ("/v1/completions", {"prompt": "x", "max_tokens": 50, "n": 4, "stream": True}),  # every sample, released once
     ],
 )
 def test_disconnect_cancels_the_engine_request(path, body):
@@ -41,7 +42,8 @@ def test_disconnect_cancels_the_engine_request(path, body):
         await _until(lambda: engine.streams and service.num_in_flight == 1)
         client_gone.set()
         await call
-        assert engine.streams[0].is_cancelled
+        assert len(engine.streams) == body.get("n", 1)
+        assert all(stream.is_cancelled for stream in engine.streams)
         assert service.num_in_flight == 0
 
     asyncio.run(main())

@@ -1,6 +1,10 @@
 """An in-process stand-in for EngineClient, for HTTP-shape tests only (the e2e tests use the real engine).
 
-Each request generates `max_new_tokens` tokens, id 100+i and text " w{i}", stopping early on a stop string.
+Each request generates `max_new_tokens` tokens, id 100+i and text " w{i}", stopping early on a stop string; a
+seeded sampling request starts at id 100 + 1000 * (1 + seed % 5) instead, so samples with other seeds differ. With
+logprobs asked, token number g (from 0) gets logprob -0.25 * (g + 1) and the alternatives ids id, id+1, ... with
+logprobs one lower each; each prompt token but the first gets -1.5 and the same kind of alternatives. Token ids read
+as: 1 "<s>" (special), 2..99 their character, 100 and up " w{id - 100}".
 The tests below keep the fake honest: it must offer the real EngineClient's methods with the same parameters.
 """
 
@@ -12,7 +16,7 @@ import json
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import httpx
 
@@ -23,7 +27,8 @@ from server.config import ServerConfig
 from server.engine.client import EngineClient, RequestStream, SubmitRequest
 from server.engine.errors import EngineNotReadyError, QueueFullError, RequestValidationError
 from server.engine.histogram import BATCH_SIZE_BUCKETS, Histogram
-from server.engine.request import EngineStats, FinishReason, RequestOutput, RequestTimings
+from server.engine.request import EngineStats, FinishReason, RequestOutput, RequestTimings, TokenLogprob
+from server.engine.token_text import TokenText
 from server.http.app import create_app
 
 BASE_MODEL_ID = "fake-base"
@@ -105,6 +110,7 @@ class FakeStream(RequestStream):
         self._engine = engine
         self._queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
         self._is_done = False
+        self._num_generated = 0
         self._producer = asyncio.get_running_loop().create_task(self._produce())
 
     async def __anext__(self) -> RequestOutput:
@@ -124,10 +130,15 @@ class FakeStream(RequestStream):
     async def _produce(self) -> None:
         sampling = self.request.sampling
         self._num_generated, text = 0, ""
+        first_id = 100 + (1000 * (1 + sampling.seed % 5) if sampling.do_sample and sampling.seed is not None else 0)
+        if self.request_id in self._engine.failing_request_ids:  # even while paused
+            self._queue.put_nowait(self._output((), "", FinishReason.ERROR, error="the fake step failed"))
+            return
         while self._num_generated < sampling.max_new_tokens:
             while self._engine.is_paused:
                 await asyncio.sleep(0.002)
-            new_ids = tuple(range(100 + self._num_generated, 100 + self._num_generated + self._engine.tokens_per_step))
+            start = first_id + self._num_generated
+            new_ids = tuple(range(start, start + self._engine.tokens_per_step))
             new_ids = new_ids[: sampling.max_new_tokens - self._num_generated]
             new_text = "".join(f" w{token_id - 100}" for token_id in new_ids)
             self._num_generated += len(new_ids)
@@ -140,7 +151,21 @@ class FakeStream(RequestStream):
             self._queue.put_nowait(self._output(new_ids, new_text, FinishReason.LENGTH if is_last else None))
             await asyncio.sleep(0)
 
-    def _output(self, new_ids, new_text, finish_reason, num_generated=None) -> RequestOutput:
+    def _logprobs(self, new_ids: tuple[int, ...]) -> tuple[TokenLogprob, ...]:
+        k = self.request.sampling.logprobs
+        if k is None:
+            return ()
+        first = self._num_generated - len(new_ids)
+        return tuple(_fake_logprob(token_id, -0.25 * (first + i + 1), k) for i, token_id in enumerate(new_ids))
+
+    def _prompt_logprobs(self, new_ids: tuple[int, ...]) -> tuple[TokenLogprob | None, ...] | None:
+        k = self.request.sampling.prompt_logprobs
+        if k is None or not new_ids or self._num_generated != len(new_ids):  # only with the first token
+            return None
+        prompt_ids = self._engine.prompt_ids_of(self.request)
+        return (None, *(_fake_logprob(token_id, -1.5, k) for token_id in prompt_ids[1:]))
+
+    def _output(self, new_ids, new_text, finish_reason, num_generated=None, error=None) -> RequestOutput:
         now = time.monotonic()
         finished = finish_reason is not None
         timings = RequestTimings(now - 0.01, now - 0.008, now - 0.005, now) if finished else None
@@ -155,7 +180,21 @@ class FakeStream(RequestStream):
             task=self.task,
             task_version=self.task_version,
             timings=timings,
+            error=error,
+            new_logprobs=self._logprobs(new_ids),
+            prompt_logprobs=self._prompt_logprobs(new_ids),
         )
+
+
+def _fake_logprob(token_id: int, logprob: float, k: int) -> TokenLogprob:
+    return TokenLogprob(token_id, logprob, tuple((token_id + j, logprob - j) for j in range(k)))
+
+
+def fake_token_text(token_id: int) -> TokenText:
+    if token_id == 1:
+        return TokenText("<s>", b"<s>", True)
+    text = chr(token_id) if token_id < 100 else f" w{token_id - 100}"
+    return TokenText(text, text.encode(), False)
 
 
 class FakeEngine(EngineClient):
@@ -173,6 +212,7 @@ class FakeEngine(EngineClient):
         self.batch_sizes: list[int] = []
         self.num_starts = self.num_shutdowns = 0
         self.is_stuck = False  # a step that never ends: /health must say so
+        self.failing_request_ids: set[str] = set()  # these requests end at once with FinishReason.ERROR
 
     def start(self) -> None:
         self.num_starts += 1
@@ -202,11 +242,17 @@ class FakeEngine(EngineClient):
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return [BOS_ID] * add_special_tokens + [ord(c) for c in text]
 
-    def detokenize(self, token_ids: list[int]) -> str:
+    def detokenize(self, token_ids: Sequence[int]) -> str:
         return "".join("<s>" if token_id == BOS_ID else chr(token_id) for token_id in token_ids)
 
     def token_strings(self, token_ids: list[int]) -> list[str]:
         return [f"<{token_id}>" for token_id in token_ids]
+
+    def token_texts(self, token_ids: Sequence[int]) -> list[TokenText]:
+        return [fake_token_text(token_id) for token_id in token_ids]
+
+    def prompt_ids_of(self, request: SubmitRequest) -> tuple[int, ...]:
+        return tuple(self.tokenize(request.prompt)) if isinstance(request.prompt, str) else request.prompt
 
     def apply_chat_template(
         self, messages: list[dict], add_generation_prompt: bool = True, continue_final_message: bool = False
@@ -221,7 +267,7 @@ class FakeEngine(EngineClient):
             raise QueueFullError("queue full", retry_after_s=3)
         if not request.prompt:
             raise RequestValidationError("the prompt is empty")
-        prompt_ids = self.tokenize(request.prompt) if isinstance(request.prompt, str) else request.prompt
+        prompt_ids = self.prompt_ids_of(request)
         version = None
         if request.task not in (None, self.base_model_id):
             version = self.registry.version_of(request.task, request.task_version).version
@@ -257,6 +303,30 @@ def run_with_client(test: Callable[[httpx.AsyncClient, FakeEngine], Awaitable[No
     asyncio.run(main())
 
 
+def run_with_server(test: Callable[[str, FakeEngine], Awaitable[None]], **config_overrides) -> None:
+    """Run `test(base_url, engine)` against a fresh app served by uvicorn on a loopback port."""
+    import uvicorn
+
+    engine = FakeEngine(fake_config(**config_overrides))
+    app = create_app(engine.config, engine)
+
+    async def main() -> None:
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            if serving.done():
+                serving.result()  # it failed to start: raise why
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        try:
+            await test(f"http://127.0.0.1:{port}", engine)
+        finally:
+            server.should_exit = True
+            await asyncio.wait_for(serving, 10)
+
+    asyncio.run(main())
+
+
 def sse_payloads(body: str) -> list:
     """The `data:` payloads of an event stream, JSON-decoded except the final "[DONE]"."""
     payloads = [line[len("data: ") :] for line in body.split("\n\n") if line.startswith("data: ")]
@@ -280,6 +350,7 @@ def test_fake_engine_offers_every_engine_client_method_with_the_same_parameters(
         "tokenize",
         "detokenize",
         "token_strings",
+        "token_texts",
         "apply_chat_template",
         "submit",
         "begin_drain",

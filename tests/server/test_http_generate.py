@@ -60,11 +60,13 @@ def test_parameters_map_onto_sampling_params():
 
 def test_null_parameters_mean_defaults_as_tgi_clients_send_them():
     async def check(client, engine: FakeEngine):
-        nulls = dict.fromkeys(["max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "stop", "seed"])
+        names = ["max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "stop", "seed", "frequency_penalty"]
+        nulls = dict.fromkeys(names + ["top_n_tokens", "decoder_input_details", "grammar"])
         body = {"inputs": "x", "parameters": nulls | {"details": True, "watermark": False, "best_of": None}}
         response = await client.post(GENERATE, json=body)
         assert response.status_code == 200
-        assert engine.streams[-1].request.sampling == SamplingParams()
+        # details: each token's logprob, without alternatives
+        assert engine.streams[-1].request.sampling == SamplingParams(logprobs=0)
 
     run_with_client(check)
 
@@ -103,10 +105,11 @@ def test_stream_sends_one_event_per_token_then_done():
         events = sse_payloads(response.text)
         assert events[-1] == "[DONE]"
         assert [e["token"] for e in events[:-1]] == [
-            {"id": 100, "text": " w0"},
-            {"id": 101, "text": " w1"},
-            {"id": 102, "text": " w2"},
+            {"id": 100, "text": " w0", "logprob": -0.25, "special": False},
+            {"id": 101, "text": " w1", "logprob": -0.5, "special": False},
+            {"id": 102, "text": " w2", "logprob": -0.75, "special": False},
         ]
+        assert all("top_tokens" not in e for e in events[:-1])
         assert [e["generated_text"] for e in events[:-1]] == [None, None, " w0 w1 w2"]
         assert events[0]["details"] is None
         assert events[2]["details"] == {

@@ -67,7 +67,7 @@ REFUSED = [
     (CHAT, {"messages": _user("x"), "max_completion_tokens": 60}, "max_completion_tokens"),
     ("/v1/generate", {"inputs": ""}, "prompt"),  # "the prompt is empty", as the engine says it
     ("/v1/completions", {"prompt": []}, "prompt"),
-    ("/v1/completions", {"prompt": "x", "n": 3}, "n"),
+    ("/v1/completions", {"prompt": "x", "n": 9}, "n"),
 ]
 
 

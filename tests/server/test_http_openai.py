@@ -69,7 +69,8 @@ def test_unknown_fields_are_ignored_and_token_prompts_accepted():
 @pytest.mark.parametrize(
     "body, param",
     [
-        ({"prompt": "x", "n": 2}, "n"),
+        ({"prompt": "x", "n": 9}, "n"),
+        ({"prompt": "x", "n": 0}, "n"),
         ({"prompt": ["a", "b"]}, "prompt"),
         ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
         ({"prompt": "x", "temperature": -1}, "temperature"),
@@ -224,7 +225,7 @@ def test_official_openai_client_works_unchanged():
         with pytest.raises(openai.NotFoundError):
             await api.completions.create(model="missing", prompt="Hi")
         with pytest.raises(openai.BadRequestError):
-            await api.completions.create(model="geo", prompt="Hi", n=3)
+            await api.completions.create(model="geo", prompt="Hi", n=9)
         engine.queue_is_full = True
         with pytest.raises(openai.RateLimitError):
             await api.completions.create(model="geo", prompt="Hi")
