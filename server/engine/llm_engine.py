@@ -324,6 +324,9 @@ class LLMEngine:
         sampling = request.sampling
         if any(not 0 <= t < vocab for t, _ in sampling.logit_bias):
             raise RequestValidationError(f"logit_bias token ids must be in [0, {vocab})", param="logit_bias")
+        if sampling.response_format is not None:
+            # Refused, not ignored, until constrained decoding is wired into the sampler (issue 15, item 3).
+            raise RequestValidationError("response_format is not supported by this server yet", param="response_format")
         if any(not 0 <= t < vocab for t in sampling.stop_token_ids):
             raise RequestValidationError(f"stop_token_ids must be in [0, {vocab})", param="stop_token_ids")
 

@@ -2,7 +2,7 @@
 
 The order, the one the logprobs are reported after (docs/api.md): repetition penalty (transformers' rule, over the
 prompt and the generated tokens) -> presence and frequency penalties (OpenAI's rule, over the generated tokens)
--> logit_bias -> bans (EOS and stop token ids before `min_tokens`) -> the grammar's mask. Temperature, top-k and
+-> logit_bias -> bans (EOS and stop token ids before `min_tokens`). Temperature, top-k and
 top-p come after, in the sampler. Each stage is one gather or scatter over the rows that use it, never a loop over
 the vocabulary; nothing vocabulary-sized goes to the host.
 """
@@ -12,14 +12,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from server.engine.request import SamplingParams
-
-if TYPE_CHECKING:
-    from server.engine.structured_output import GrammarMatcher
 
 
 @dataclass(frozen=True)
@@ -31,7 +27,6 @@ class SampleRow:
     num_prompt_tokens: int  # the generated tokens (penalties' counts) follow these
     generator: torch.Generator | None = None  # its RNG when sampling
     banned_ids: tuple[int, ...] = ()  # ids it may not take at this step (EOS before min_tokens)
-    grammar: GrammarMatcher | None = None  # response_format: the tokens that keep its output valid
 
     @property
     def generated_ids(self) -> Seq[int]:
@@ -42,7 +37,7 @@ class SampleRow:
         """Whether any stage below changes its row."""
         p = self.params
         has_penalty = p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
-        return has_penalty or bool(p.logit_bias) or bool(self.banned_ids) or self.grammar is not None
+        return has_penalty or bool(p.logit_bias) or bool(self.banned_ids)
 
 
 def process_logits(logits: torch.Tensor, rows: Seq[SampleRow]) -> None:
@@ -51,7 +46,6 @@ def process_logits(logits: torch.Tensor, rows: Seq[SampleRow]) -> None:
     _apply_openai_penalties(logits, rows)
     _apply_logit_bias(logits, rows)
     _apply_bans(logits, rows)
-    _apply_grammars(logits, rows)
 
 
 def apply_repetition_penalty(row: torch.Tensor, seen_ids: list[int], penalty: float) -> None:
@@ -105,24 +99,6 @@ def _apply_bans(logits: torch.Tensor, rows: Seq[SampleRow]) -> None:
     if not index.is_empty:
         row_index, col_index, _ = index.tensors(logits)
         logits[row_index, col_index] = float("-inf")
-
-
-def _apply_grammars(logits: torch.Tensor, rows: Seq[SampleRow]) -> None:
-    """One bitmask for the constrained rows, filled by their matchers, applied in one call."""
-    constrained = [i for i, row in enumerate(rows) if row.grammar is not None]
-    if not constrained:
-        return
-    from server.engine.structured_output import allocate_bitmask, apply_bitmask
-
-    bitmask = allocate_bitmask(len(constrained), logits.shape[-1])
-    for slot, i in enumerate(constrained):
-        grammar = rows[i].grammar
-        assert grammar is not None  # chosen above
-        grammar.fill_bitmask(bitmask, slot)
-    index = torch.tensor(constrained, device=logits.device)
-    masked = logits[index]
-    apply_bitmask(masked, bitmask)
-    logits[index] = masked
 
 
 class _Index:

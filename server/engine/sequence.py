@@ -22,7 +22,6 @@ from server.engine.stop_strings import StopStringMatcher
 if TYPE_CHECKING:
     from prompt_store.registry import TaskVersionRef
     from server.engine.prompt_cache import PromptCacheEntry
-    from server.engine.structured_output import GrammarMatcher
 
 
 class SequenceStatus(enum.Enum):
@@ -54,7 +53,6 @@ class Sequence:
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
     error: str | None = None  # why it failed, with FinishReason.ERROR
-    grammar: GrammarMatcher | None = None  # response_format: advanced by every token it takes
     group_leader: Sequence | None = None  # the first of its sample group: its prompt blocks are this one's cache
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)  # of pending_token_ids, when asked
     # With sampling.prompt_logprobs: filled as its prompt's chunks run, led by None (the first token's).
@@ -120,9 +118,6 @@ class Sequence:
             self.pending_logprobs.append(logprob)
         if self.first_token_time is None:
             self.first_token_time = now
-        if self.grammar is not None and token_id not in self.eos_token_ids and not self.grammar.accept(token_id):
-            self.fail(f"token {token_id} broke the response_format grammar")  # its mask allowed it: an engine bug
-            return
         reason = self._stop_reason(token_id)
         if reason is not None:
             self.finish(reason)

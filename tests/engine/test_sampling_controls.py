@@ -142,7 +142,14 @@ def test_bad_token_ids_in_sampling_controls_are_refused(engine):
     from server.engine.errors import RequestValidationError
 
     vocab = engine.registry.shape.vocab_size
-    for field, value in [("logit_bias", ((vocab, 1.0),)), ("stop_token_ids", (-1,))]:
+    from server.engine.request import ResponseFormat
+
+    cases = [
+        ("logit_bias", ((vocab, 1.0),)),
+        ("stop_token_ids", (-1,)),
+        ("response_format", ResponseFormat("json_object")),
+    ]
+    for field, value in cases:
         with pytest.raises(RequestValidationError) as raised:
             engine.add_request(request(f"bad-{field}", [1, 2], 4, **{field: value}))
         assert raised.value.param == field
