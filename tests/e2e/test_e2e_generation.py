@@ -145,7 +145,7 @@ def test_official_openai_client(server, tasks, tiny_llama_dir):
     with pytest.raises(openai.NotFoundError):
         api.chat.completions.create(model="no-such-task", messages=messages)
     with pytest.raises(openai.BadRequestError):
-        api.completions.create(model="geo-prompt", prompt="x", n=2)
+        api.completions.create(model="geo-prompt", prompt="x", n=9)  # 1..8 are served
 
 
 def test_new_versions_serve_at_once_and_roll_back(server, client, tasks, expected):
@@ -235,7 +235,7 @@ def test_every_error_path_answers_its_status_and_shape_and_the_server_stays_heal
         assert (response.status_code, response.json()["error_type"]) == (status, error_type), response.text
     openai_cases = [
         (client.post("/v1/completions", json={"model": "missing", "prompt": "x"}), 404, "model_not_found"),
-        (client.post("/v1/completions", json={"prompt": "x", "n": 2}), 400, None),
+        (client.post("/v1/completions", json={"prompt": "x", "n": 9}), 400, None),
         (client.post("/v1/chat/completions", json={"messages": []}), 400, None),
         (
             client.post(
