@@ -302,8 +302,9 @@ class LLMEngine:
             for seq, out in zip(seqs, outputs, strict=True):
                 if out.finished:
                     del self._requests[out.request_id]
-                    if self._group_leaders.get(seq.request.group or "") is seq:
-                        del self._group_leaders[seq.request.group or ""]
+                    group = seq.request.group
+                    if group is not None and self._group_leaders.get(group) is seq:
+                        del self._group_leaders[group]
         for handle, out in zip(handles, outputs, strict=True):
             try:
                 handle.deliver(out)
