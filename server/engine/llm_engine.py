@@ -43,6 +43,7 @@ from server.engine.scheduler import Scheduler
 from server.engine.sequence import Sequence
 from server.engine.step_isolation import isolate
 from server.engine.stop_strings import StopStringMatcher
+from server.engine.structured_output import GrammarCompiler, GrammarMatcher
 from server.model.architecture import ServedArchitecture, served_architecture
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ class LLMEngine:
             architecture,
         )
         self.eos_token_ids = _eos_token_ids(model, tokenizer)
+        self.grammars = GrammarCompiler(tokenizer, shape.vocab_size, self.eos_token_ids)
         self.block_manager = BlockManager(config.num_kv_blocks, config.block_size)
         kv_cache = KVCache(shape, config.num_kv_blocks, config.block_size, device, model.dtype)
         prompt_table = PromptTable(config.prompt_table_rows, shape.hidden_size, device, model.dtype)
@@ -93,6 +95,7 @@ class LLMEngine:
         """Pin the task's version now (the active one, or `task_version` if kept) and queue the request; raises
         UnknownTaskError, RequestValidationError."""
         self._validate(request)
+        grammar = self._grammar(request)
         task_ref = (
             self.registry.pin(request.task, request.subtask, request.caller, request.task_version)
             if request.task is not None
@@ -106,7 +109,7 @@ class LLMEngine:
             raise
         handle = RequestHandle(request.request_id, task_ref, on_output)
         prompt_load = self.loader.load(task_ref) if task_ref is not None else None
-        live = LiveRequest(self._new_sequence(request, task_ref), handle, prompt_load)
+        live = LiveRequest(self._new_sequence(request, task_ref, grammar), handle, prompt_load)
         with self._lock:
             if request.request_id in self._requests:
                 if task_ref is not None:
@@ -283,7 +286,9 @@ class LLMEngine:
 
     def _sample(self, batch: SchedulerOutput, logits: torch.Tensor) -> SampleResult:
         rows = [
-            SampleRow(seq.request.sampling, seq.token_ids, seq.num_prompt_tokens, seq.generator, seq.banned_ids)
+            SampleRow(
+                seq.request.sampling, seq.token_ids, seq.num_prompt_tokens, seq.generator, seq.banned_ids, seq.grammar
+            )
             for seq in batch.sampled_seqs
         ]
         return sample_rows(logits, rows)
@@ -325,11 +330,17 @@ class LLMEngine:
         sampling = request.sampling
         if any(not 0 <= t < vocab for t, _ in sampling.logit_bias):
             raise RequestValidationError(f"logit_bias token ids must be in [0, {vocab})", param="logit_bias")
-        if sampling.response_format is not None:
-            # Refused, not ignored, until constrained decoding is wired into the sampler (issue 15, item 3).
-            raise RequestValidationError("response_format is not supported by this server yet", param="response_format")
+        if sampling.response_format is not None and sampling.min_tokens > 0:
+            # The grammar may allow only an end-of-sequence token where min_tokens bans it: no token would be left.
+            raise RequestValidationError("min_tokens cannot be combined with response_format", param="min_tokens")
+        if sampling.response_format is not None and sampling.ignore_eos:
+            raise RequestValidationError("ignore_eos cannot be combined with response_format", param="ignore_eos")
         if any(not 0 <= t < vocab for t in sampling.stop_token_ids):
             raise RequestValidationError(f"stop_token_ids must be in [0, {vocab})", param="stop_token_ids")
+
+    def _grammar(self, request: GenerationRequest) -> GrammarMatcher | None:
+        response_format = request.sampling.response_format
+        return self.grammars.matcher(response_format) if response_format is not None else None
 
     def _check_length(self, request: GenerationRequest, num_virtual_tokens: int) -> None:
         total = num_virtual_tokens + len(request.prompt_token_ids)
@@ -339,7 +350,7 @@ class LLMEngine:
                 f"the model takes at most {self.max_model_len - 1} before generating"
             )
 
-    def _new_sequence(self, request: GenerationRequest, task_ref) -> Sequence:
+    def _new_sequence(self, request: GenerationRequest, task_ref, grammar: GrammarMatcher | None) -> Sequence:
         generator = None
         if request.sampling.do_sample:
             seed = request.sampling.seed
@@ -355,6 +366,7 @@ class LLMEngine:
             eos_token_ids=self.eos_token_ids,
             max_model_len=self.max_model_len,
             prompt_logprobs=[None] if request.sampling.prompt_logprobs is not None else None,
+            grammar=grammar,
         )
 
 

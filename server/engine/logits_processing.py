@@ -2,9 +2,10 @@
 
 The order, the one the logprobs are reported after (docs/api.md): repetition penalty (transformers' rule, over the
 prompt and the generated tokens) -> presence and frequency penalties (OpenAI's rule, over the generated tokens)
--> logit_bias -> bans (EOS and stop token ids before `min_tokens`). Temperature, top-k and
-top-p come after, in the sampler. Each stage is one gather or scatter over the rows that use it, never a loop over
-the vocabulary; nothing vocabulary-sized goes to the host.
+-> logit_bias -> bans (EOS and stop token ids before `min_tokens`) -> the response_format grammar's mask
+(structured_output.py). Temperature, top-k and top-p come after, in the sampler. Each stage is one gather or
+scatter over the rows that use it, never a loop over the vocabulary; nothing vocabulary-sized goes to the host
+(the grammar's masks come from it, as bits).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from server.engine.request import SamplingParams
+from server.engine.structured_output import GrammarMatcher, mask_logits
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class SampleRow:
     num_prompt_tokens: int  # the generated tokens (penalties' counts) follow these
     generator: torch.Generator | None = None  # its RNG when sampling
     banned_ids: tuple[int, ...] = ()  # ids it may not take at this step (EOS before min_tokens)
+    grammar: GrammarMatcher | None = None  # with a response_format: which tokens may come next
 
     @property
     def generated_ids(self) -> Seq[int]:
@@ -37,7 +40,7 @@ class SampleRow:
         """Whether any stage below changes its row."""
         p = self.params
         has_penalty = p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
-        return has_penalty or bool(p.logit_bias) or bool(self.banned_ids)
+        return has_penalty or bool(p.logit_bias) or bool(self.banned_ids) or self.grammar is not None
 
 
 def process_logits(logits: torch.Tensor, rows: Seq[SampleRow]) -> None:
@@ -46,6 +49,7 @@ def process_logits(logits: torch.Tensor, rows: Seq[SampleRow]) -> None:
     _apply_openai_penalties(logits, rows)
     _apply_logit_bias(logits, rows)
     _apply_bans(logits, rows)
+    _apply_grammars(logits, rows)
 
 
 def apply_repetition_penalty(row: torch.Tensor, seen_ids: list[int], penalty: float) -> None:
@@ -99,6 +103,11 @@ def _apply_bans(logits: torch.Tensor, rows: Seq[SampleRow]) -> None:
     if not index.is_empty:
         row_index, col_index, _ = index.tensors(logits)
         logits[row_index, col_index] = float("-inf")
+
+
+def _apply_grammars(logits: torch.Tensor, rows: Seq[SampleRow]) -> None:
+    constrained = [(i, row.grammar) for i, row in enumerate(rows) if row.grammar is not None]
+    mask_logits(logits, [i for i, _ in constrained], [grammar for _, grammar in constrained])
 
 
 class _Index:

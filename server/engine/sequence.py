@@ -22,6 +22,7 @@ from server.engine.stop_strings import StopStringMatcher
 if TYPE_CHECKING:
     from prompt_store.registry import TaskVersionRef
     from server.engine.prompt_cache import PromptCacheEntry
+    from server.engine.structured_output import GrammarMatcher
 
 
 class SequenceStatus(enum.Enum):
@@ -58,6 +59,7 @@ class Sequence:
     # With sampling.prompt_logprobs: filled as its prompt's chunks run, led by None (the first token's).
     prompt_logprobs: list[TokenLogprob | None] | None = None
     is_prompt_logprobs_reported: bool = False
+    grammar: GrammarMatcher | None = None  # with a response_format: advanced by every generated token
 
     @property
     def request_id(self) -> str:
@@ -112,6 +114,10 @@ class Sequence:
 
     def append_token(self, token_id: int, now: float, logprob: TokenLogprob | None = None) -> None:
         """Take the token sampled for this sequence; finish if it ends the generation."""
+        if self.grammar is not None and not self.grammar.accept(token_id):
+            # Only a row its mask left without any allowed token gets here (the sampler then takes the argmax).
+            self.fail("no token could continue the response_format's document")
+            return
         self.token_ids.append(token_id)
         self.pending_token_ids.append(token_id)
         if logprob is not None:
