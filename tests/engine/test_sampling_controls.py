@@ -4,14 +4,13 @@ uncached forward, written here independently of the engine's code."""
 
 from __future__ import annotations
 
-from collections import Counter
-
 import pytest
 
 from server.engine.request import FinishReason, GenerationRequest, SamplingParams
 from tests.support.engine import make_engine, request, run_to_completion, upload_folder
 from tests.support.equivalence import PROMPTS
-from tests.support.reference import forward_logits, load_reference
+from tests.support.reference import load_reference
+from tests.support.reference import sampling_controls_reference as reference
 
 MAX_NEW = 8
 
@@ -26,29 +25,6 @@ def engine(tiny_llama_dir, prefix_adapter):
     engine = make_engine(tiny_llama_dir, block_size=4, num_kv_blocks=256, max_num_batched_tokens=32)
     upload_folder(engine, "prefix", prefix_adapter)
     return engine
-
-
-def reference(model, ids: list[int], params: SamplingParams, eos_ids: set[int], chosen: list[int] | None = None):
-    """Greedy tokens (or, given `chosen`, the logprobs of those tokens) under the OpenAI definitions: logit -=
-    count * frequency_penalty + (count > 0) * presence_penalty over the generated tokens; += logit_bias; EOS and
-    stop ids impossible before min_tokens; logprobs = log_softmax(logits / temperature) when sampling."""
-    sequence, tokens, logprobs = list(ids), [], []
-    temperature = params.temperature if params.do_sample else 1.0
-    for step in range(params.max_new_tokens):
-        logits = forward_logits(model, sequence)[-1].clone()
-        for token, count in Counter(tokens).items():
-            logits[token] -= count * params.frequency_penalty + params.presence_penalty
-        for token, bias in params.logit_bias:
-            logits[token] += bias
-        if step < params.min_tokens:
-            logits[sorted(eos_ids | set(params.stop_token_ids))] = float("-inf")
-        token = chosen[step] if chosen is not None else int(logits.argmax())
-        logprobs.append(float((logits / temperature).log_softmax(-1)[token]))
-        tokens.append(token)
-        sequence.append(token)
-        if token in eos_ids or token in params.stop_token_ids or (chosen is not None and step + 1 == len(chosen)):
-            break
-    return tokens, logprobs
 
 
 def serve(engine, rid: str, ids, task=None, **sampling):
@@ -142,13 +118,7 @@ def test_bad_token_ids_in_sampling_controls_are_refused(engine):
     from server.engine.errors import RequestValidationError
 
     vocab = engine.registry.shape.vocab_size
-    from server.engine.request import ResponseFormat
-
-    cases = [
-        ("logit_bias", ((vocab, 1.0),)),
-        ("stop_token_ids", (-1,)),
-        ("response_format", ResponseFormat("json_object")),
-    ]
+    cases = [("logit_bias", ((vocab, 1.0),)), ("stop_token_ids", (-1,))]
     for field, value in cases:
         with pytest.raises(RequestValidationError) as raised:
             engine.add_request(request(f"bad-{field}", [1, 2], 4, **{field: value}))

@@ -7,6 +7,7 @@ tokens with transformers 5.24.0 and peft 0.21.2 (docs/peft_reference.md).
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from peft import PeftModel
@@ -58,3 +59,29 @@ def forward_logits(model, token_ids: list[int], subtask: int | None = None):
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([token_ids]), **extra).logits[0].float()
     return logits[-len(token_ids) :]
+
+
+def sampling_controls_reference(
+    model, ids: list[int], params, eos_ids: set[int], chosen: list[int] | None = None
+) -> tuple[list[int], list[float]]:
+    """Greedy tokens (or, given `chosen`, the logprobs of those tokens) under the OpenAI definitions: logit -=
+    count * frequency_penalty + (count > 0) * presence_penalty over the generated tokens; += logit_bias; EOS and
+    stop ids impossible before min_tokens; logprobs = log_softmax(logits / temperature) when sampling. `params`:
+    SamplingParams. Written from the definitions, independently of the engine's code."""
+    sequence, tokens, logprobs = list(ids), [], []
+    temperature = params.temperature if params.do_sample else 1.0
+    for step in range(params.max_new_tokens):
+        logits = forward_logits(model, sequence)[-1].clone()
+        for token, count in Counter(tokens).items():
+            logits[token] -= count * params.frequency_penalty + params.presence_penalty
+        for token, bias in params.logit_bias:
+            logits[token] += bias
+        if step < params.min_tokens:
+            logits[sorted(eos_ids | set(params.stop_token_ids))] = float("-inf")
+        token = chosen[step] if chosen is not None else int(logits.argmax())
+        logprobs.append(float((logits / temperature).log_softmax(-1)[token]))
+        tokens.append(token)
+        sequence.append(token)
+        if token in eos_ids or token in params.stop_token_ids or (chosen is not None and step + 1 == len(chosen)):
+            break
+    return tokens, logprobs
