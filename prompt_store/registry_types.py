@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prompt_store.spec import PromptKind
+from prompt_store.spec import PromptKind, TaskKind
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,7 @@ class TaskVersionRef:
     num_variants: int  # multitask sub-tasks; 1 for other types
     subtask: int  # which variant the request uses (0 unless multitask)
     owner: str | None = None  # the task's tenant; None: a shared task
+    task_kind: TaskKind = TaskKind.GENERATE  # generation or a classification kind (the version's adapter task_type)
 
     @property
     def key(self) -> tuple[str, int]:
