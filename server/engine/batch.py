@@ -22,6 +22,9 @@ class Chunk:
     own_start: int  # own tokens already in the cache before this chunk
     needs_logits: bool  # the chunk ends at its sequence's last token: sample the next one
     needs_every_logit: bool = field(default=False, kw_only=True)  # prompt logprobs: every token's logits
+    # A classification request's rows whose final hidden states go to its task's head, the chunk's last ones:
+    # 1 where a sequence task's prompt ends, every token for a token task. Such a chunk needs no logits.
+    num_hidden_rows: int = field(default=0, kw_only=True)
 
     @property
     def num_logit_rows(self) -> int:

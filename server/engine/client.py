@@ -40,6 +40,7 @@ class SubmitRequest:
     caller: Caller = ANONYMOUS  # whose request (visibility of tasks, fair-scheduling class)
     task_version: int | None = None  # NAME@N: pin this kept version; None: the active one
     group: str | None = None  # the n samples of one prompt: the same value on each (their prompt blocks are shared)
+    classify: bool = False  # score with the task's classification head (prefill only) instead of generating
 
 
 class RequestStream:
@@ -225,6 +226,7 @@ class EngineClient:
             caller=request.caller,
             task_version=request.task_version,
             group=request.group,
+            classify=request.classify,
         )
 
         def deliver(out: RequestOutput) -> None:

@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from prompt_store.spec import TaskKind
 from server.config import EngineConfig
 from server.engine import attention
 from server.engine.batch import MaterializationChunk, SchedulerOutput, SequenceChunk
 from server.engine.block_manager import BlockManager
+from server.engine.classification import apply_heads
 from server.engine.detokenizer import IncrementalDetokenizer
 from server.engine.errors import RequestValidationError
 from server.engine.fault_injection import FaultInjector
@@ -48,6 +50,7 @@ from server.model.architecture import ServedArchitecture, served_architecture
 
 if TYPE_CHECKING:
     from prompt_store.registry import PromptRegistry
+    from prompt_store.registry_types import TaskVersionRef
 
 log = logging.getLogger("promptswap.engine")
 
@@ -102,6 +105,7 @@ class LLMEngine:
             else None
         )
         try:
+            self._check_kind(request, task_ref)
             self._check_length(request, task_ref.num_virtual_tokens if task_ref else 0)
         except RequestValidationError:
             if task_ref is not None:
@@ -246,8 +250,11 @@ class LLMEngine:
     def _forward(self, batch: SchedulerOutput) -> SampleResult:
         if self.faults is not None:
             self.faults.check("run", batch)
-        logits = self.runner.run(batch.chunks)  # [rows, vocab]: each chunk's num_logit_rows
-        return self._sample(batch, self._take_prompt_logprobs(batch, logits))
+        run = self.runner.run(batch.chunks)
+        if run.hidden is not None:
+            for rows in apply_heads(run.hidden, batch.sequence_chunks):
+                rows.chunk.seq.add_classification(rows.first_token, rows.logits, rows.labels)
+        return self._sample(batch, self._take_prompt_logprobs(batch, run.logits))
 
     def _take_prompt_logprobs(self, batch: SchedulerOutput, logits: torch.Tensor) -> torch.Tensor:
         """Give the chunks that return every row's logits their prompt tokens' logprobs (of the raw logits);
@@ -337,6 +344,21 @@ class LLMEngine:
             raise RequestValidationError("ignore_eos cannot be combined with response_format", param="ignore_eos")
         if any(not 0 <= t < vocab for t in sampling.stop_token_ids):
             raise RequestValidationError(f"stop_token_ids must be in [0, {vocab})", param="stop_token_ids")
+
+    def _check_kind(self, request: GenerationRequest, task_ref: TaskVersionRef | None) -> None:
+        """Generation requests need a generation task (or the base model), classification requests a
+        classification task: the wrong kind is a 400 naming the task's kind."""
+        kind = task_ref.task_kind if task_ref is not None else TaskKind.GENERATE
+        if request.classify and not kind.is_classification:
+            what = f"task {request.task!r} is a {kind.value} task" if request.task else "the base model generates"
+            raise RequestValidationError(
+                f"{what}; classification needs a classify-sequence or classify-tokens task", param="model"
+            )
+        if not request.classify and kind.is_classification:
+            raise RequestValidationError(
+                f"task {request.task!r} is a {kind.value} task: use POST /v1/classify, not a generation route",
+                param="model",
+            )
 
     def _grammar(self, request: GenerationRequest) -> GrammarMatcher | None:
         response_format = request.sampling.response_format

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence as Seq
+from dataclasses import dataclass
 
 import torch
 
@@ -13,6 +14,12 @@ from server.engine.batch import Chunk
 from server.engine.kv_cache import KVCache
 from server.engine.prompt_table import PromptTable
 from server.engine.step_inputs import build_step_inputs
+
+
+@dataclass(frozen=True)
+class RunOutput:
+    logits: torch.Tensor  # [num_logit_rows, vocab]: each chunk's `num_logit_rows`, in packing order
+    hidden: torch.Tensor | None  # [num_hidden_rows, hidden]: final hidden states (after the last norm); None if none
 
 
 class ModelRunner:
@@ -39,10 +46,18 @@ class ModelRunner:
             if embedding_scale is None
             else torch.tensor(embedding_scale, dtype=self.embedding.dtype).to(self.device)
         )
+        # The backbone's output is the final hidden state every architecture's ...ForSequenceClassification and
+        # ...ForTokenClassification head reads; the hook keeps a reference to it (no copy) for classification rows.
+        self._last_hidden: torch.Tensor | None = None
+        model.base_model.register_forward_hook(self._keep_last_hidden)
+
+    def _keep_last_hidden(self, module, args, output) -> None:
+        self._last_hidden = output[0]
 
     @torch.inference_mode()
-    def run(self, chunks: Seq[Chunk]) -> torch.Tensor:
-        """Forward every chunk; returns each chunk's `num_logit_rows` logits, in packing order. # [n, vocab]"""
+    def run(self, chunks: Seq[Chunk]) -> RunOutput:
+        """Forward every chunk; returns each chunk's `num_logit_rows` logits and `num_hidden_rows` final hidden
+        states, in packing order."""
         inputs = build_step_inputs(chunks, self.kv_cache.block_size, self.device, self.plan_heads)
         embeds = embedding_gather(
             inputs.token_ids, self.embedding, self.prompt_table.rows, use_reference=self.use_reference
@@ -60,4 +75,7 @@ class ModelRunner:
             logits_to_keep=0 if every_row else inputs.logit_rows,
             **{STEP_KWARG: step},
         )
-        return out.logits[0, : inputs.num_logits]
+        hidden, self._last_hidden = self._last_hidden, None
+        assert hidden is not None  # the backbone ran
+        rows = None if inputs.hidden_rows is None else hidden[0].index_select(0, inputs.hidden_rows)
+        return RunOutput(out.logits[0, : inputs.num_logits], rows)

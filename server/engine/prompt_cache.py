@@ -13,7 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from prompt_store.spec import PromptKind
+from prompt_store.spec import ClassifierHead, PromptKind
 from server.engine.block_manager import BlockManager, OutOfBlocksError
 from server.engine.kv_cache import KVCache
 from server.engine.prompt_table import OutOfRowsError, PromptTable
@@ -33,6 +33,7 @@ class PromptCacheEntry:
     row_ids: list[int] = field(default_factory=list)  # prompt-table rows (embedding kind)
     num_materialized: int = 0  # leading virtual tokens whose K/V are in its blocks (advanced by Scheduler.postprocess)
     num_users: int = 0  # holders (sequences, a materialization chunk in flight); > 0 keeps it on the device
+    head: ClassifierHead | None = None  # a classification task's head, on the device
 
     @property
     def is_materialized(self) -> bool:
@@ -95,6 +96,8 @@ class PromptCache:
         prefix_len = spec.num_virtual_tokens
         blocks = self._with_room(lambda: self.block_manager.allocate(self.block_manager.blocks_for(prefix_len)))
         entry = PromptCacheEntry(key=key, kind=spec.kind, prefix_len=prefix_len, prefix_blocks=blocks)
+        if spec.head is not None:
+            entry.head = _on_device(spec.head, self.kv_cache.tensor.device)
         try:
             if spec.kind is PromptKind.PREFIX_KV:
                 self.kv_cache.write_prefix(blocks, spec.tensor[0])
@@ -117,3 +120,9 @@ class PromptCache:
             except (OutOfBlocksError, OutOfRowsError):
                 if not self.evict_one():
                     raise
+
+
+def _on_device(head: ClassifierHead, device) -> ClassifierHead:
+    """Kept in float32 (heads are kilobytes): the head's matmul runs in float32 whatever the model's dtype."""
+    bias = None if head.bias is None else head.bias.to(device)
+    return ClassifierHead(head.weight.to(device), bias, head.labels)

@@ -20,6 +20,7 @@ class FinishReason(str, enum.Enum):
     STOP = "stop_sequence"  # a stop string appeared; the text ends before it
     ABORTED = "aborted"  # cancelled by the caller (client gone, deadline, shutdown)
     ERROR = "error"  # the engine could not serve it (its step failed, its prompt file is damaged): see `error`
+    CLASSIFIED = "classified"  # a classification request's input was scored: see `classification`
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,16 @@ class GenerationRequest:
     caller: Caller = ANONYMOUS  # whose request: which tasks it may use, and its fair-scheduling class and weight
     task_version: int | None = None  # NAME@N: this kept version; None: the active one
     group: str | None = None  # the n samples of one prompt share it: later ones wait for the first's prompt blocks
+    classify: bool = False  # score the prompt with the task's classification head instead of generating
+
+
+@dataclass(frozen=True)
+class Classification:
+    """What a classification task's head gives for one input: logits = final hidden state @ weight.T + bias."""
+
+    labels: tuple[str, ...]  # the head's, one per logit
+    logits: tuple[tuple[float, ...], ...]  # one row for a sequence task; one per input token for a token task
+    per_token: bool
 
 
 @dataclass(frozen=True)
@@ -130,6 +141,7 @@ class RequestOutput:
     # With sampling.prompt_logprobs, on the output that carries the first generated token: one per prompt token,
     # None for the first (nothing before it in the request's own text predicts it).
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+    classification: Classification | None = None  # with FinishReason.CLASSIFIED, on the last output
 
 
 @dataclass(frozen=True)

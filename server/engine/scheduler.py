@@ -33,7 +33,7 @@ from server.engine.fair_share import FairShare
 from server.engine.prefix_cache import PrefixCache
 from server.engine.prompt_cache import PromptCache, entry_key
 from server.engine.prompt_table import OutOfRowsError
-from server.engine.request import TokenLogprob
+from server.engine.request import FinishReason, TokenLogprob
 from server.engine.seat_share import SeatShare
 from server.engine.sequence import Sequence, SequenceStatus
 from server.engine.waiting_queue import WaitingQueue, is_starving
@@ -208,9 +208,9 @@ class Scheduler:
         return leader.status is SequenceStatus.RUNNING and leader.num_computed < leader.num_prompt_tokens
 
     def _take_cached(self, seq: Sequence) -> None:
-        """Start the waiting sequence from its cached full blocks (not one whose prompt logprobs are still to be
-        computed: cached blocks come without logits)."""
-        if seq.needs_prompt_logits:
+        """Start the waiting sequence from its cached full blocks (not one whose prompt logprobs or token labels
+        are still to be computed: cached blocks come without logits or hidden states)."""
+        if seq.needs_every_row:
             return
         seq.own_blocks = self.prefix_cache.take_cached(seq)
         seq.num_computed = len(seq.own_blocks) * self.block_manager.block_size
@@ -276,8 +276,9 @@ class Scheduler:
             prefix_blocks=tuple(entry.prefix_blocks) if entry is not None else (),
             own_blocks=tuple(seq.own_blocks),
             own_start=start,
-            needs_logits=start + num_tokens == len(seq.token_ids),
+            needs_logits=start + num_tokens == len(seq.token_ids) and not seq.is_classification,
             needs_every_logit=seq.needs_prompt_logits,
+            num_hidden_rows=seq.num_hidden_rows(start, num_tokens),
         )
 
     def _reserve(self, seq: Sequence, num_tokens: int) -> bool:
@@ -315,14 +316,20 @@ class Scheduler:
         """Apply a step that ran: `sampled_token_ids` has one token per `batch.sampled_seqs`, in that order, and
         `sampled_logprobs` (if given) their logprobs where the sequence asked for them.
 
-        Returns the sequences that took a token; the finished ones among them have already left the scheduler.
+        Returns the sequences that took a token or were classified; the finished ones among them have already left
+        the scheduler. A classification request's head rows were added as its chunks ran (LLMEngine).
         """
         for mat in batch.materializations:
             mat.entry.num_materialized += mat.num_tokens
             self.prompt_cache.drop(mat.entry)
+        classified = []
         for chunk in batch.sequence_chunks:
             chunk.seq.num_computed += chunk.num_tokens
             self.prefix_cache.publish(chunk.seq, chunk.own_start)
+            if chunk.seq.is_classification and chunk.seq.num_uncomputed == 0:
+                chunk.seq.finish(FinishReason.CLASSIFIED)  # prefill only: its prompt is scored
+                self.remove(chunk.seq)
+                classified.append(chunk.seq)
         now = time.monotonic()
         sampled = batch.sampled_seqs
         logprobs = sampled_logprobs if sampled_logprobs is not None else [None] * len(sampled)
@@ -334,7 +341,7 @@ class Scheduler:
             self.fair_share.charge_output(seq)
             if seq.is_finished:
                 self.remove(seq)
-        return sampled
+        return sampled + classified
 
     # ---- a step that failed (step_isolation.py finds whose fault it was) ----
 

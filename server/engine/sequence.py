@@ -15,8 +15,16 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from prompt_store.spec import TaskKind
 from server.engine.detokenizer import IncrementalDetokenizer
-from server.engine.request import FinishReason, GenerationRequest, RequestOutput, RequestTimings, TokenLogprob
+from server.engine.request import (
+    Classification,
+    FinishReason,
+    GenerationRequest,
+    RequestOutput,
+    RequestTimings,
+    TokenLogprob,
+)
 from server.engine.stop_strings import StopStringMatcher
 
 if TYPE_CHECKING:
@@ -60,6 +68,10 @@ class Sequence:
     prompt_logprobs: list[TokenLogprob | None] | None = None
     is_prompt_logprobs_reported: bool = False
     grammar: GrammarMatcher | None = None  # with a response_format: advanced by every generated token
+    # A classification request's head logits: its last token's row (sequence task) or one row per prompt token
+    # (token task), filled as its prompt's chunks run.
+    classification_rows: list[tuple[float, ...]] = field(default_factory=list)
+    classification_labels: tuple[str, ...] = ()  # its head's, set with the rows
 
     @property
     def request_id(self) -> str:
@@ -94,6 +106,41 @@ class Sequence:
         """Its prompt's chunks must return every row's logits (and may not start from cached blocks)."""
         collected = self.prompt_logprobs
         return collected is not None and len(collected) < self.num_prompt_tokens
+
+    @property
+    def is_classification(self) -> bool:
+        return self.request.classify
+
+    @property
+    def classifies_tokens(self) -> bool:
+        """A token task: every prompt token's hidden state goes to the head (so it may not start from cached
+        blocks, which come without hidden states)."""
+        ref = self.task_ref
+        return self.is_classification and ref is not None and ref.task_kind is TaskKind.CLASSIFY_TOKENS
+
+    @property
+    def needs_every_row(self) -> bool:
+        """Its prompt's chunks return a row for every token (logits or hidden states)."""
+        return self.needs_prompt_logits or self.classifies_tokens
+
+    def num_hidden_rows(self, start: int, num_tokens: int) -> int:
+        """Of a chunk of its own tokens [start, start + num_tokens): how many last rows go to its head."""
+        if not self.is_classification:
+            return 0
+        if self.classifies_tokens:
+            return num_tokens
+        return 1 if start + num_tokens == len(self.token_ids) else 0
+
+    def add_classification(self, first_token: int, rows: list[tuple[float, ...]], labels: tuple[str, ...]) -> None:
+        """Head logits for own tokens `first_token`, ...; those already held are kept (a preempted sequence
+        recomputes its prompt). A sequence task's one row replaces any earlier one."""
+        self.classification_labels = labels
+        if not self.classifies_tokens:
+            self.classification_rows = rows
+            return
+        skip = len(self.classification_rows) - first_token
+        if skip >= 0:
+            self.classification_rows += rows[skip:]
 
     @property
     def banned_ids(self) -> tuple[int, ...]:
@@ -158,6 +205,10 @@ class Sequence:
         new_ids, new_logprobs = tuple(self.pending_token_ids), tuple(self.pending_logprobs)
         self.pending_token_ids.clear()
         self.pending_logprobs.clear()
+        classification = None
+        if self.finish_reason is FinishReason.CLASSIFIED:
+            rows = tuple(self.classification_rows)
+            classification = Classification(self.classification_labels, rows, per_token=self.classifies_tokens)
         prompt_logprobs = None
         if self.prompt_logprobs is not None and new_ids and not self.is_prompt_logprobs_reported:
             prompt_logprobs, self.is_prompt_logprobs_reported = tuple(self.prompt_logprobs), True
@@ -183,4 +234,5 @@ class Sequence:
             error=self.error if finished else None,
             new_logprobs=new_logprobs,
             prompt_logprobs=prompt_logprobs,
+            classification=classification,
         )

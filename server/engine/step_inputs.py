@@ -21,6 +21,7 @@ class StepInputs:
     slot_mapping: torch.Tensor  # [num_tokens] int64: where each new token's K/V go
     attention: PagedAttentionMetadata  # per chunk: block tables, lengths, query offsets; checked once
     num_logits: int  # rows of logits the chunks need
+    hidden_rows: torch.Tensor | None  # [num_hidden] int64: each chunk's `num_hidden_rows` last rows; None if none
 
 
 def build_step_inputs(
@@ -35,10 +36,11 @@ def build_step_inputs(
         for c in chunks
         for i in range(c.own_start, c.own_len)
     ]
-    query_start_loc, logit_rows = [0], list[int]()
+    query_start_loc, logit_rows, hidden_rows = [0], list[int](), list[int]()
     for c in chunks:
         query_start_loc.append(query_start_loc[-1] + c.num_tokens)
         logit_rows += range(query_start_loc[-1] - c.num_logit_rows, query_start_loc[-1])
+        hidden_rows += range(query_start_loc[-1] - c.num_hidden_rows, query_start_loc[-1])
     num_logits = len(logit_rows)
     width = max(len(c.block_table) for c in chunks)
     tables = [b for c in chunks for b in (*c.block_table, *[0] * (width - len(c.block_table)))]
@@ -73,4 +75,6 @@ def build_step_inputs(
         num_decodes=sum(1 for c in chunks if c.num_tokens == 1),
         plan=plan,
     )
-    return StepInputs(token_ids_t, positions_t, logit_rows_t, slots_t, attention, num_logits)
+    # Classification rows are rare and few: their own small copy rather than a part of the step's buffer.
+    hidden_rows_t = torch.tensor(hidden_rows, dtype=torch.int64).to(device) if hidden_rows else None
+    return StepInputs(token_ids_t, positions_t, logit_rows_t, slots_t, attention, num_logits, hidden_rows_t)
