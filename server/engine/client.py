@@ -171,6 +171,12 @@ class EngineClient:
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self._loaded_tokenizer()(text, add_special_tokens=add_special_tokens).input_ids)
 
+    def tokenize_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """`tokenize(text)` and each token's [start, end) characters in `text` (the tokenizer's offset mapping;
+        (0, 0) for a special token it adds)."""
+        encoded = self._loaded_tokenizer()(text, return_offsets_mapping=True)
+        return list(encoded.input_ids), [(int(start), int(end)) for start, end in encoded.offset_mapping]
+
     def detokenize(self, token_ids: Sequence[int]) -> str:
         """The text of ids in [0, vocab_size), special tokens included (as vLLM's /detokenize)."""
         return cast(str, self._loaded_tokenizer().decode(list(token_ids)))

@@ -12,6 +12,7 @@ from server.config import ServerConfig
 from server.engine.client import EngineClient
 from server.http import (
     routes_admin,
+    routes_classify,
     routes_generate,
     routes_openai,
     routes_service,
@@ -50,7 +51,15 @@ def create_app(config: ServerConfig, engine: EngineClient) -> FastAPI:
         limits=TenantLimits(metrics),
     )
     install_error_handlers(app)
-    for module in (routes_generate, routes_openai, routes_tokenize, routes_admin, routes_tenants, routes_service):
+    for module in (
+        routes_generate,
+        routes_openai,
+        routes_classify,
+        routes_tokenize,
+        routes_admin,
+        routes_tenants,
+        routes_service,
+    ):
         app.include_router(module.router)
     app.add_middleware(
         BodySizeLimit, max_body_bytes=config.max_body_bytes, max_inference_body_bytes=config.max_inference_body_bytes

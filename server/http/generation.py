@@ -49,12 +49,15 @@ class Generation:
     prompt's computation, and every sample's generated tokens as they arrive.
     """
 
-    def __init__(self, ctx: AppContext, request: Request, streams: Sequence[RequestStream], lease: Lease):
+    def __init__(
+        self, ctx: AppContext, request: Request, streams: Sequence[RequestStream], lease: Lease, shared_prompt: bool
+    ):
         self.streams = list(streams)
         self._ctx = ctx
         self._lease = lease
         lease.handed_over = True
-        lease.charge(self.streams[0].num_prompt_tokens + self.streams[0].num_virtual_tokens, "prompt")
+        charged = self.streams[:1] if shared_prompt else self.streams
+        lease.charge(sum(stream.num_prompt_tokens + stream.num_virtual_tokens for stream in charged), "prompt")
         self._started_at = time.monotonic()
         self._deadline = asyncio.get_running_loop().time() + ctx.config.request_timeout_s  # loop clock
         self._first_token_at: list[float | None] = [None] * len(self.streams)
@@ -66,15 +69,23 @@ class Generation:
         self._watcher.add_done_callback(self._on_watcher_done)
 
     @classmethod
-    def start(cls, ctx: AppContext, request: Request, submits: Sequence[SubmitRequest], lease: Lease) -> Generation:
-        """Admit and submit, or raise the reason it cannot be served (404, 422, 429, 503)."""
+    def start(
+        cls,
+        ctx: AppContext,
+        request: Request,
+        submits: Sequence[SubmitRequest],
+        lease: Lease,
+        shared_prompt: bool = True,
+    ) -> Generation:
+        """Admit and submit, or raise the reason it cannot be served (404, 422, 429, 503). `shared_prompt`: the
+        submits are samples of one prompt (charged once), else each its own input (each charged)."""
         ctx.service.admit()
         try:
             streams = submit_all(ctx.engine, submits, asyncio.get_running_loop())
         except BaseException:
             ctx.service.release()
             raise
-        return cls(ctx, request, streams, lease)
+        return cls(ctx, request, streams, lease, shared_prompt)
 
     async def outputs(self) -> AsyncIterator[SampleOutput]:
         """Every sample's outputs, interleaved as they come, up to each one's finished output; raises instead of
