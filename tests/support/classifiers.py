@@ -16,7 +16,12 @@ from transformers import AutoModelForSequenceClassification, AutoModelForTokenCl
 
 from tests.support.adapters import PEFT_CONFIGS
 
-TEXTS = ["I loved this film, its music and every one of its actors", "A dull, slow story", "Paris is in France", "Rome is lovely in spring"]
+TEXTS = [
+    "I loved this film, its music and every one of its actors",
+    "A dull, slow story",
+    "Paris is in France",
+    "Rome is lovely in spring",
+]
 MODEL_CLASSES = {"SEQ_CLS": AutoModelForSequenceClassification, "TOKEN_CLS": AutoModelForTokenClassification}
 
 
