@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, replace
 
 from prompt_store.model_shape import ModelShape
-from prompt_store.spec import PromptKind, PromptSpec
+from prompt_store.spec import PromptKind, PromptSpec, TaskKind
 from prompt_store.tenants import is_valid_tenant_name
 
 MANIFEST_FORMAT = 1
@@ -31,6 +31,14 @@ class VersionRecord:
     config_sha256: str
     model_sha256: str
     created_at: float  # time.time() of the upload
+    # Manifests written before classification tasks existed leave these out: they read as generation tasks.
+    task_kind: TaskKind = TaskKind.GENERATE
+    head_shape: tuple[int, ...] | None = None  # the classifier head's weight, [num_labels, hidden]; None: generation
+    labels: tuple[str, ...] = ()  # one per head row (classification only), so listings need not read the config
+
+    @property
+    def num_labels(self) -> int:
+        return 0 if self.head_shape is None else self.head_shape[0]
 
     @property
     def num_bytes(self) -> int:
@@ -38,13 +46,18 @@ class VersionRecord:
 
     def fits(self, shape: ModelShape) -> bool:
         """Whether this prompt still fits the served model (the store may outlive a model change)."""
+        if self.head_shape is not None and self.head_shape[1] != shape.hidden_size:
+            return False
         if self.kind is PromptKind.EMBEDDING:
             return self.prompt_shape[-1] == shape.hidden_size
         _, num_layers, _, _, num_heads, head_dim = self.prompt_shape
         return (num_layers, num_heads, head_dim) == (shape.num_layers, shape.num_kv_heads, shape.head_dim)
 
     def matches(self, spec: PromptSpec) -> bool:
-        return (spec.peft_type, spec.kind, tuple(spec.tensor.shape)) == (self.peft_type, self.kind, self.prompt_shape)
+        head_shape = None if spec.head is None else tuple(spec.head.weight.shape)
+        labels = () if spec.head is None else spec.head.labels
+        found = (spec.peft_type, spec.kind, tuple(spec.tensor.shape), spec.task_kind, head_shape, labels)
+        return found == (self.peft_type, self.kind, self.prompt_shape, self.task_kind, self.head_shape, self.labels)
 
 
 @dataclass(frozen=True)
@@ -112,6 +125,9 @@ def record_to_dict(record: VersionRecord) -> dict:
     body = asdict(record)
     body["kind"] = record.kind.value
     body["prompt_shape"] = list(record.prompt_shape)
+    body["task_kind"] = record.task_kind.value
+    body["head_shape"] = None if record.head_shape is None else list(record.head_shape)
+    body["labels"] = list(record.labels)
     return body
 
 
@@ -128,11 +144,25 @@ def _record_from_dict(body: dict) -> VersionRecord:
         config_sha256=_require_type(body["config_sha256"], str),
         model_sha256=_require_type(body["model_sha256"], str),
         created_at=float(body["created_at"]),
+        task_kind=TaskKind(body.get("task_kind", TaskKind.GENERATE.value)),
+        head_shape=_head_shape(body.get("head_shape")),
+        labels=tuple(_require_type(label, str) for label in _require_type(body.get("labels", []), list)),
     )
     expected_rank = 3 if record.kind is PromptKind.EMBEDDING else 6
-    if record.version < 1 or len(record.prompt_shape) != expected_rank:
+    if record.version < 1 or len(record.prompt_shape) != expected_rank or not _head_agrees(record):
         raise ValueError(f"version {record.version} has an invalid record")
     return record
+
+
+def _head_shape(value) -> tuple[int, ...] | None:
+    return None if value is None else tuple(_require_type(size, int) for size in value)
+
+
+def _head_agrees(record: VersionRecord) -> bool:
+    """A classification version has a [num_labels, hidden] head and a label per row; a generation one neither."""
+    if not record.task_kind.is_classification:
+        return record.head_shape is None and not record.labels
+    return record.head_shape is not None and len(record.head_shape) == 2 and len(record.labels) == record.num_labels
 
 
 def _require_type(value, kind: type):

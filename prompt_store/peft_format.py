@@ -8,6 +8,7 @@ Layouts, checked against peft 0.21.2 (peft_model.py get_prompt / get_prompt_embe
   to the KV head count for GQA models); get_prompt permutes to `[L * 2, B, H, p, D]` and splits into chunks of 2, so
   layer l's key is slot 2l and its value slot 2l + 1.
 - MULTITASK_PROMPT_TUNING: sub-task t's rows are `prompt_embeddings * (prefix_task_cols[t] @ prefix_task_rows[t])`.
+- SEQ_CLS / TOKEN_CLS: the same prompt tensors plus the classifier head (prompt_store/classifier_head.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from prompt_store.classifier_head import read_head, split_head_tensors
 from prompt_store.errors import InvalidPromptError, PromptTooLargeError
 from prompt_store.model_shape import ModelShape
 from prompt_store.peft_file_names import CONFIG_FILE, MODEL_FILE, PICKLED_MODEL_FILE
@@ -42,6 +44,9 @@ def read_peft_files(config_bytes: bytes, model_bytes: bytes, shape: ModelShape, 
     check_file_sizes(config_bytes, model_bytes, limits)
     config = parse_adapter_config(config_bytes, shape, limits)
     tensors = read_safetensors(model_bytes)
+    head_tensors: dict[str, torch.Tensor] = {}
+    if config.task_kind.is_classification:  # a CAUSAL_LM adapter's head tensors stay, and are refused as unexpected
+        tensors, head_tensors = split_head_tensors(tensors)
     if config.peft_type == "PREFIX_TUNING":
         tensor = _prefix_kv(config, tensors, shape)
     elif config.peft_type == "MULTITASK_PROMPT_TUNING":
@@ -50,7 +55,15 @@ def read_peft_files(config_bytes: bytes, model_bytes: bytes, shape: ModelShape, 
         tensor = _embedding_rows(config, tensors, shape)
     check_finite("prompt", tensor)  # a product of finite values can still overflow float32
     check_finite_in(_served_tensor_name(config), tensor, getattr(torch, shape.serving_dtype))
-    return PromptSpec(config.peft_type, config.kind, config.num_virtual_tokens, tensor.contiguous())
+    head = read_head(config, head_tensors, shape) if config.task_kind.is_classification else None
+    return PromptSpec(
+        config.peft_type,
+        config.kind,
+        config.num_virtual_tokens,
+        tensor.contiguous(),
+        task_kind=config.task_kind,
+        head=head,
+    )
 
 
 def read_peft_folder(path: Path | str, shape: ModelShape, limits: StoreConfig) -> PromptSpec:

@@ -214,6 +214,9 @@ class PromptRegistry:
             spec.num_virtual_tokens,
             record.num_bytes,
             manifest.owner,
+            record.task_kind,
+            record.num_labels,
+            record.labels,
         )
 
     def _add_version(self, manifest: TaskManifest, config_bytes: bytes, model_bytes: bytes) -> None:
@@ -268,6 +271,7 @@ class PromptRegistry:
             record.num_variants,
             subtask,
             manifest.owner,
+            record.task_kind,
         )
 
     def unpin(self, ref: TaskVersionRef) -> None:
@@ -498,6 +502,9 @@ def _new_record(version: int, spec: PromptSpec, config_bytes: bytes, model_bytes
         config_sha256=sha256_hex(config_bytes),
         model_sha256=sha256_hex(model_bytes),
         created_at=time.time(),
+        task_kind=spec.task_kind,
+        head_shape=None if spec.head is None else tuple(spec.head.weight.shape),
+        labels=() if spec.head is None else spec.head.labels,
     )
 
 
@@ -512,6 +519,9 @@ def _task_info(manifest: TaskManifest) -> TaskInfo:
             bytes=r.num_bytes,
             created_at=r.created_at,
             is_active=r.version == manifest.active_version,
+            task_kind=r.task_kind,
+            num_labels=r.num_labels,
+            labels=r.labels,
         )
         for r in manifest.versions
     )

@@ -36,6 +36,9 @@ class UploadResult:
     num_virtual_tokens: int
     bytes: int  # stored size: adapter_config.json + adapter_model.safetensors
     owner: str | None = None  # the task's tenant; None: shared
+    task_kind: TaskKind = TaskKind.GENERATE  # generation or a classification kind (the adapter's task_type)
+    num_labels: int = 0  # rows of the classifier head; 0 for generation
+    labels: tuple[str, ...] = ()  # the head's label names, one per row; () for generation
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,9 @@ class VersionInfo:
     bytes: int  # stored size of the version's two files
     created_at: float  # time.time() of the upload
     is_active: bool
+    task_kind: TaskKind = TaskKind.GENERATE  # generation or a classification kind (the adapter's task_type)
+    num_labels: int = 0  # rows of the classifier head; 0 for generation
+    labels: tuple[str, ...] = ()  # the head's label names, one per row; () for generation
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from prompt_store.errors import InvalidPromptError, PromptTooLargeError
+from prompt_store.labels import LABELS_FIELD, parse_labels
 from prompt_store.model_shape import ModelShape
-from prompt_store.spec import PromptKind
+from prompt_store.spec import PromptKind, TaskKind
 from prompt_store.store_config import StoreConfig
 
 # peft_type -> how the server applies it
@@ -23,6 +24,15 @@ SUPPORTED_PEFT_TYPES = {
     "PREFIX_TUNING": PromptKind.PREFIX_KV,
     "MULTITASK_PROMPT_TUNING": PromptKind.EMBEDDING,
 }
+# task_type -> what the task serves
+SUPPORTED_TASK_TYPES = {
+    "CAUSAL_LM": TaskKind.GENERATE,
+    "SEQ_CLS": TaskKind.CLASSIFY_SEQUENCE,
+    "TOKEN_CLS": TaskKind.CLASSIFY_TOKENS,
+}
+# The model modules a classification adapter may save: its head (`score` in Llama-style models, `classifier` in
+# others). PEFT lists both, often twice, whatever the model has; any other module would change the base model.
+HEAD_MODULES = frozenset({"score", "classifier"})
 # A normalized float32 prompt may be twice the file limit: a float16 file at the limit doubles when widened.
 NORMALIZED_BYTES_FACTOR = 2
 
@@ -38,6 +48,8 @@ class AdapterConfig:
     num_attention_heads: int | None  # for prefix tuning PEFT stores the KV head count here
     num_tasks: int | None  # multitask only
     num_ranks: int | None  # multitask only
+    task_kind: TaskKind = TaskKind.GENERATE  # from task_type
+    labels: tuple[str, ...] | None = None  # the config's `labels` (classification only); None: LABEL_0, LABEL_1, ...
 
     @property
     def kind(self) -> PromptKind:
@@ -65,7 +77,7 @@ def check_normalized_size(num_elements: int, limits: StoreConfig) -> None:
 def parse_adapter_config(config_bytes: bytes, shape: ModelShape, limits: StoreConfig) -> AdapterConfig:
     """Parse and check adapter_config.json against the served model and the limits."""
     raw = _load_json_object(config_bytes)
-    _check_str_field(raw, "task_type", expected="CAUSAL_LM")
+    task_kind = _task_kind(raw)
     peft_type = _peft_type(raw)
     config = AdapterConfig(
         peft_type=peft_type,
@@ -75,9 +87,14 @@ def parse_adapter_config(config_bytes: bytes, shape: ModelShape, limits: StoreCo
         num_attention_heads=_optional_positive_int(raw, "num_attention_heads"),
         num_tasks=_optional_positive_int(raw, "num_tasks"),
         num_ranks=_optional_positive_int(raw, "num_ranks"),
+        task_kind=task_kind,
+        labels=_labels(raw, task_kind),
     )
     _check_submodules(raw)
-    _check_no_modules_to_save(raw)
+    if task_kind.is_classification:
+        _check_head_modules_to_save(raw)
+    else:
+        _check_no_modules_to_save(raw)
     _check_model_dims(config, shape)
     return config
 
@@ -139,10 +156,23 @@ def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-def _check_str_field(raw: dict, field: str, expected: str) -> None:
-    value = raw.get(field)
-    if value != expected:
-        raise InvalidPromptError(f"adapter_config.json: {field} must be {expected!r}, got {_show(value)}")
+def _task_kind(raw: dict) -> TaskKind:
+    value = raw.get("task_type")
+    if not isinstance(value, str) or value not in SUPPORTED_TASK_TYPES:
+        accepted = ", ".join(repr(name) for name in SUPPORTED_TASK_TYPES)
+        raise InvalidPromptError(f"adapter_config.json: task_type must be one of {accepted}, got {_show(value)}")
+    return SUPPORTED_TASK_TYPES[value]
+
+
+def _labels(raw: dict, task_kind: TaskKind) -> tuple[str, ...] | None:
+    value = raw.get(LABELS_FIELD)
+    if value is None:
+        return None
+    if not task_kind.is_classification:
+        raise InvalidPromptError(
+            f"adapter_config.json: {LABELS_FIELD} names a classifier's labels; a CAUSAL_LM adapter has no classifier"
+        )
+    return parse_labels(value, f"adapter_config.json: {LABELS_FIELD}")
 
 
 def _peft_type(raw: dict) -> str:
@@ -174,11 +204,11 @@ def _optional_positive_int(raw: dict, field: str) -> int | None:
 
 
 def _check_submodules(raw: dict) -> None:
-    # CAUSAL_LM models have one transformer stack; PEFT sets 1 (2 is for encoder-decoder models).
+    # Decoder-only models have one transformer stack; PEFT sets 1 (2 is for encoder-decoder models).
     value = raw.get("num_transformer_submodules")
     if not (value is None or (type(value) is int and value == 1)):
         raise InvalidPromptError(
-            f"adapter_config.json: num_transformer_submodules must be 1 for CAUSAL_LM, got {_show(value)}"
+            f"adapter_config.json: num_transformer_submodules must be 1 for {raw.get('task_type')}, got {_show(value)}"
         )
 
 
@@ -187,6 +217,20 @@ def _check_no_modules_to_save(raw: dict) -> None:
     if not (value is None or value == []):
         raise InvalidPromptError(
             f"adapter_config.json: modules_to_save must be null (the base model is frozen), got {_show(value)}"
+        )
+
+
+def _check_head_modules_to_save(raw: dict) -> None:
+    value = raw.get("modules_to_save")
+    if value is None:
+        return
+    if not isinstance(value, list):
+        raise InvalidPromptError(f"adapter_config.json: modules_to_save must be a list or null, got {_show(value)}")
+    others = [name for name in value if not (isinstance(name, str) and name in HEAD_MODULES)]
+    if others:
+        raise InvalidPromptError(
+            f"adapter_config.json: modules_to_save may name only the classifier head ({sorted(HEAD_MODULES)}), "
+            f"got {_show(others[0])} (an adapter that also changes other model weights cannot be served)"
         )
 
 

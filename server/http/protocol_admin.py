@@ -18,6 +18,9 @@ class UploadResponse(BaseModel):
     num_virtual_tokens: int
     bytes: int  # stored size of both files
     owner: str | None  # the tenant that owns the task; None: shared
+    task_kind: str  # generate | classify-sequence | classify-tokens (`kind` is how the prompt is applied)
+    num_labels: int | None  # classification: rows of the head; None for generation
+    labels: list[str] | None  # classification: the label names, one per row; None for generation
 
     @classmethod
     def of(cls, result: UploadResult) -> UploadResponse:
@@ -29,6 +32,7 @@ class UploadResponse(BaseModel):
             num_virtual_tokens=result.num_virtual_tokens,
             bytes=result.bytes,
             owner=result.owner,
+            **_task_kind_fields(result),
         )
 
 
@@ -41,6 +45,9 @@ class VersionOut(BaseModel):
     bytes: int
     created_at: float  # Unix time of the upload
     is_active: bool
+    task_kind: str  # generate | classify-sequence | classify-tokens
+    num_labels: int | None  # classification: rows of the head; None for generation
+    labels: list[str] | None  # classification: the label names, one per row; None for generation
 
     @classmethod
     def of(cls, info: VersionInfo) -> VersionOut:
@@ -53,6 +60,7 @@ class VersionOut(BaseModel):
             bytes=info.bytes,
             created_at=info.created_at,
             is_active=info.is_active,
+            **_task_kind_fields(info),
         )
 
 
@@ -61,11 +69,18 @@ class TaskOut(BaseModel):
     active_version: int
     versions: list[VersionOut]  # ascending version numbers
     owner: str | None  # the tenant that owns the task; None: shared
+    task_kind: str  # the active version's: what requests to the task are served as
 
     @classmethod
     def of(cls, info: TaskInfo) -> TaskOut:
         versions = [VersionOut.of(v) for v in info.versions]
-        return cls(task=info.task, active_version=info.active_version, versions=versions, owner=info.owner)
+        return cls(
+            task=info.task,
+            active_version=info.active_version,
+            versions=versions,
+            owner=info.owner,
+            task_kind=info.active.task_kind.value,
+        )
 
 
 class TaskList(BaseModel):
@@ -74,3 +89,12 @@ class TaskList(BaseModel):
 
 class ActivateRequest(BaseModel):
     version: int = Field(ge=1)
+
+
+def _task_kind_fields(info: UploadResult | VersionInfo) -> dict:
+    is_classification = info.task_kind.is_classification
+    return {
+        "task_kind": info.task_kind.value,
+        "num_labels": info.num_labels if is_classification else None,
+        "labels": list(info.labels) if is_classification else None,
+    }

@@ -15,6 +15,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import FormData, UploadFile
 
 from prompt_store.errors import InvalidPromptError
+from prompt_store.labels import LABELS_FIELD, with_labels
 from server.http.auth import Principal, prompts_principal
 from server.http.context import AppContext, get_context, require_loaded
 from server.http.protocol_admin import ActivateRequest, TaskList, TaskOut, UploadResponse
@@ -52,9 +53,12 @@ async def upload_prompt(
 ) -> JSONResponse:
     started_at = time.monotonic()
     try:
-        async with request.form(max_files=2, max_fields=8, max_part_size=ctx.config.max_body_bytes) as form:
+        # three file parts at most: the two adapter files and, optionally, `labels` sent as a file
+        async with request.form(max_files=3, max_fields=8, max_part_size=ctx.config.max_body_bytes) as form:
             config_bytes = await _read_part(form, CONFIG_PART)
             model_bytes = await _read_part(form, MODEL_PART)
+            if form.get(LABELS_FIELD) is not None:  # a classification task's label names, merged into the config
+                config_bytes = with_labels(config_bytes, await _read_part(form, LABELS_FIELD))
         result = await run_in_threadpool(ctx.registry.upload, task, config_bytes, model_bytes, principal.caller)
     except Exception:
         ctx.metrics.uploads.labels("rejected").inc()

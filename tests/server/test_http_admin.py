@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import pytest
 from test_http_fake_engine import ADMIN_TOKEN, FakeEngine, run_with_client
 
+from prompt_store.spec import TaskKind
 from server.cli import _multipart
 
 PROMPTS = "/v1/admin/prompts"
@@ -64,6 +68,9 @@ def test_upload_creates_then_adds_versions_and_the_catalogue_follows():
             "num_virtual_tokens": 4,
             "bytes": len(CONFIG) + 7,
             "owner": None,
+            "task_kind": "generate",
+            "num_labels": None,
+            "labels": None,
         }
         second = await client.put(
             f"{PROMPTS}/geo", headers=AUTH, files=_files(b'{"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 2}')
@@ -77,6 +84,7 @@ def test_upload_creates_then_adds_versions_and_the_catalogue_follows():
         assert task["active_version"] == 2
         assert [(v["version"], v["is_active"]) for v in task["versions"]] == [(1, False), (2, True)]
         assert task["versions"][0].keys() >= {"peft_type", "kind", "num_virtual_tokens", "bytes", "created_at"}
+        assert (task["task_kind"], task["versions"][0]["task_kind"]) == ("generate", "generate")
 
         rolled_back = await client.post(f"{PROMPTS}/geo/activate", headers=AUTH, json={"version": 1})
         assert rolled_back.status_code == 200 and rolled_back.json()["active_version"] == 1
@@ -87,6 +95,59 @@ def test_upload_creates_then_adds_versions_and_the_catalogue_follows():
         assert deleted.status_code == 204 and deleted.content == b""
         assert (await client.get(f"{PROMPTS}/geo", headers=AUTH)).status_code == 404
         assert (await client.delete(f"{PROMPTS}/geo", headers=AUTH)).status_code == 404
+
+    run_with_client(check)
+
+
+def _classifying(engine: FakeEngine) -> list[bytes]:
+    """The fake registry's uploads answer as a classifier with the config's labels; returns the configs it got."""
+    received, upload = [], engine.registry.upload
+
+    def classify(task, config_bytes, model_bytes, caller=None):
+        received.append(config_bytes)
+        labels = tuple(json.loads(config_bytes).get("labels", ["LABEL_0", "LABEL_1"]))
+        result = upload(task, config_bytes, model_bytes, caller)
+        return replace(result, task_kind=TaskKind.CLASSIFY_SEQUENCE, num_labels=len(labels), labels=labels)
+
+    engine.registry.upload = classify
+    return received
+
+
+@pytest.mark.parametrize("as_file", [False, True])
+def test_upload_labels_part_is_merged_into_the_config(as_file):
+    async def check(client, engine: FakeEngine):
+        received = _classifying(engine)
+        labels = b'["neg", "pos"]'
+        if as_file:
+            parts = {"files": _files() | {"labels": ("labels.json", labels)}}
+        else:
+            parts = {"files": _files(), "data": {"labels": labels}}
+        response = await client.put(f"{PROMPTS}/sentiment", headers=AUTH, **parts)
+        assert response.status_code == 201, response.text
+        assert json.loads(received[0]) == json.loads(CONFIG) | {"labels": ["neg", "pos"]}
+        body = response.json()
+        assert (body["task_kind"], body["num_labels"], body["labels"]) == ("classify-sequence", 2, ["neg", "pos"])
+
+    run_with_client(check)
+
+
+def test_upload_without_labels_sends_the_config_unchanged():
+    async def check(client, engine: FakeEngine):
+        received = _classifying(engine)
+        response = await client.put(f"{PROMPTS}/sentiment", headers=AUTH, files=_files())
+        assert response.status_code == 201 and received == [CONFIG]
+        assert response.json()["labels"] == ["LABEL_0", "LABEL_1"]
+
+    run_with_client(check)
+
+
+@pytest.mark.parametrize("labels", [b"neg,pos", b'["neg", 1]', b'{"neg": 0}'])
+def test_a_bad_labels_part_is_422_naming_it(labels):
+    async def check(client, engine: FakeEngine):
+        response = await client.put(f"{PROMPTS}/sentiment", headers=AUTH, files=_files(), data={"labels": labels})
+        assert response.status_code == 422
+        assert response.json()["error_type"] == "validation" and "labels" in response.json()["error"]
+        assert engine.registry.tasks == {}
 
     run_with_client(check)
 
