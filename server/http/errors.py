@@ -29,7 +29,7 @@ from prompt_store.errors import (
 )
 from server.engine.errors import EngineNotReadyError, QueueFullError, RequestFailedError, RequestValidationError
 
-OPENAI_PATH_PREFIXES = ("/v1/completions", "/v1/chat/", "/v1/models", "/tokenize", "/detokenize")
+OPENAI_PATH_PREFIXES = ("/v1/completions", "/v1/chat/", "/v1/models", "/v1/classify", "/tokenize", "/detokenize")
 
 
 class UnauthorizedError(Exception):
