@@ -137,6 +137,8 @@ def test_a_classification_task_swapped_under_load_serves_one_version_per_request
         worker.join()
     assert not errors, errors[:3]
     assert all(close(item["probs"], references["sentiment-v2"][i]) for i, item in enumerate(after))
+    pinned = client.post("/v1/classify", json={"model": "swap@1", "input": TEXTS}).json()["data"]
+    assert all(close(item["probs"], references["sentiment"][i]) for i, item in enumerate(pinned))  # NAME@N
 
     def version_of(probs: list[float], i: int) -> str | None:
         return next((v for v in ("sentiment", "sentiment-v2") if close(probs, references[v][i])), None)

@@ -239,8 +239,12 @@ def test_configs_with_wrong_types_or_values_are_refused_naming_the_field(server,
     changed = {k: v for k, v in config.items() if k != field} if value is MISSING else config | {field: value}
     response = put_prompt(client, server, "fuzzed", json.dumps(changed).encode(), model_bytes)
     # Another served peft_type, or another num_virtual_tokens, shows as tensors that do not fit it, or (prefix
-    # config read as prompt tuning) as a token_dim that is not the served model's hidden size.
-    problem = rf"{field}|tensor 'prompt_embeddings' has shape|adapter_model\.safetensors has no tensor|token_dim is"
+    # config read as prompt tuning) as a token_dim that is not the served model's hidden size; a served
+    # classification task_type (SEQ_CLS, TOKEN_CLS) as the head the generation adapter's file lacks.
+    problem = (
+        rf"{field}|tensor 'prompt_embeddings' has shape|adapter_model\.safetensors has no tensor|token_dim is"
+        r"|adapter_model\.safetensors has no classifier head"
+    )
     _assert_refused_and_nothing_changed(response, baseline, client, server, problem, status=(413, 422))
 
 
