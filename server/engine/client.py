@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, cast
 from prompt_store.access import ANONYMOUS, Caller
 from server.config import ServerConfig
 from server.engine.errors import EngineNotReadyError, QueueFullError, RequestValidationError
-from server.engine.request import EngineStats, GenerationRequest, RequestOutput, SamplingParams
+from server.engine.request import EngineStats, GenerationRequest, RequestOutput, ResponseFormat, SamplingParams
 from server.engine.token_text import TokenText, TokenTexts
 
 if TYPE_CHECKING:
@@ -170,6 +170,11 @@ class EngineClient:
 
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self._loaded_tokenizer()(text, add_special_tokens=add_special_tokens).input_ids)
+
+    def compile_response_format(self, response_format: ResponseFormat) -> None:
+        """Compile its grammar now, off the event loop, so the request's admission takes it from the compiler's
+        cache; raises RequestValidationError for a schema that cannot be used."""
+        self._require_loaded().grammars.matcher(response_format)
 
     def tokenize_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """`tokenize(text)` and each token's [start, end) characters in `text` (the tokenizer's offset mapping;

@@ -69,7 +69,7 @@ class Generation:
         self._watcher.add_done_callback(self._on_watcher_done)
 
     @classmethod
-    def start(
+    async def start(
         cls,
         ctx: AppContext,
         request: Request,
@@ -79,6 +79,10 @@ class Generation:
     ) -> Generation:
         """Admit and submit, or raise the reason it cannot be served (404, 422, 429, 503). `shared_prompt`: the
         submits are samples of one prompt (charged once), else each its own input (each charged)."""
+        for response_format in {s.sampling.response_format for s in submits} - {None}:
+            # Compiled on the offload pool (ms; the first one also reads the vocabulary): admission, on the event
+            # loop, then finds it in the compiler's cache. A schema that cannot be used is a 400 here.
+            await ctx.offload.run(ctx.engine.compile_response_format, response_format)
         ctx.service.admit()
         try:
             streams = submit_all(ctx.engine, submits, asyncio.get_running_loop())

@@ -60,7 +60,7 @@ async def classify(
         )
         for i, (ids, _) in enumerate(encoded)
     ]
-    generation = Generation.start(ctx, request, submits, admission.lease, shared_prompt=False)
+    generation = await Generation.start(ctx, request, submits, admission.lease, shared_prompt=False)
     completions = await generation.collect()
     data = []
     for index, ((ids, offsets), completion) in enumerate(zip(encoded, completions, strict=True)):

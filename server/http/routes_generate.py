@@ -54,7 +54,7 @@ async def generate(
         caller=admission.caller,
         task_version=task_ref.version,
     )
-    generation = Generation.start(ctx, request, [submit], admission.lease)
+    generation = await Generation.start(ctx, request, [submit], admission.lease)
     prefix = body.inputs if body.parameters.return_full_text else ""
     render = ctx.engine.token_texts
     if body.stream:

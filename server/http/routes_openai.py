@@ -73,7 +73,7 @@ async def completions(
         token_ids, body.to_sampling(max_tokens), task.name, body.subtask, request_id, admission.caller, task.version
     )
     echo = EchoedPrompt(await _echo_text(ctx, prompt), token_ids) if body.echo else None
-    generation = Generation.start(ctx, request, sample_requests(submit, body.num_samples), admission.lease)
+    generation = await Generation.start(ctx, request, sample_requests(submit, body.num_samples), admission.lease)
     head, render = new_head(request_id, model, body.include_usage), _renderer(ctx, body.num_logprobs)
     if body.stream:
         chunks = completion_chunks(head, generation, echo, render)
@@ -100,7 +100,7 @@ async def chat_completions(
     submit = SubmitRequest(
         token_ids, body.to_sampling(max_tokens), task.name, body.subtask, request_id, admission.caller, task.version
     )
-    generation = Generation.start(ctx, request, sample_requests(submit, body.num_samples), admission.lease)
+    generation = await Generation.start(ctx, request, sample_requests(submit, body.num_samples), admission.lease)
     head, render = new_head(request_id, model, body.include_usage), _renderer(ctx, body.num_logprobs)
     if body.stream:
         chunks = chat_chunks(head, generation, render)

@@ -213,6 +213,7 @@ class FakeEngine(EngineClient):
         self.num_starts = self.num_shutdowns = 0
         self.is_stuck = False  # a step that never ends: /health must say so
         self.failing_request_ids: set[str] = set()  # these requests end at once with FinishReason.ERROR
+        self.compiled_formats: list = []  # response_formats compiled before their requests' admission
 
     def start(self) -> None:
         self.num_starts += 1
@@ -250,6 +251,9 @@ class FakeEngine(EngineClient):
 
     def token_texts(self, token_ids: Sequence[int]) -> list[TokenText]:
         return [fake_token_text(token_id) for token_id in token_ids]
+
+    def compile_response_format(self, response_format) -> None:
+        self.compiled_formats.append(response_format)
 
     def prompt_ids_of(self, request: SubmitRequest) -> tuple[int, ...]:
         return tuple(self.tokenize(request.prompt)) if isinstance(request.prompt, str) else request.prompt

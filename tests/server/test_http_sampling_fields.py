@@ -48,6 +48,8 @@ def test_text_and_json_object_response_formats(response_format, expected):
         body = {"messages": MESSAGES, "max_tokens": 1, "response_format": response_format}
         assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
         assert engine.streams[-1].request.sampling.response_format == expected
+        # compiled off the event loop before admission, once per request
+        assert engine.compiled_formats == ([] if expected is None else [expected])
 
     run_with_client(check)
 
