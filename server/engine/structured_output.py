@@ -3,8 +3,9 @@ row of logits to the tokens that keep its text a prefix of a valid document.
 
 The library is xgrammar, chosen by measurement (docs/benchmarks.md, "Structured output"): at batch 64 on
 SmolLM2's 49,152-token vocabulary its batched mask fill costs ~6 µs per token against llguidance's ~17 µs.
-Compiling a schema is the costlier half (ms, on the submitting thread); the compiler's cache makes a repeated
-schema (the n samples of one request, an agent's every call) compile once.
+Compiling a schema is the costlier half (ms): the HTTP layer has it done on its offload pool first
+(EngineClient.compile_response_format), and the compiler's cache then serves admission, the n samples of one
+request and an agent's every call with the same schema.
 
 What JSON the model may write: one line, `, ` and `: ` between items (json.dumps' default, which models have seen
 most), no other whitespace. Flexible whitespace lets a small model spend its whole budget on newlines.
