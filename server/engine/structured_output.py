@@ -36,8 +36,9 @@ _SOURCE_LOCATION = re.compile(r"^\[[^\]]*\] \S+:\d+: ")  # what xgrammar puts be
 class GrammarMatcher:
     """One request's position in its grammar; advanced by each token the request takes (engine thread only)."""
 
-    def __init__(self, matcher: xgr.GrammarMatcher) -> None:
+    def __init__(self, matcher: xgr.GrammarMatcher, batch: xgr.BatchGrammarMatcher) -> None:
         self._matcher = matcher
+        self._batch = batch  # its compiler's: fills many rows' masks in parallel
 
     def accept(self, token_id: int) -> bool:
         """Take the request's next token; False if the grammar does not allow it (the matcher is then unchanged)."""
@@ -58,6 +59,7 @@ class GrammarCompiler:
         self._vocab_size = vocab_size
         self._eos_token_ids = sorted(eos_token_ids)
         self._compiler: xgr.GrammarCompiler | None = None
+        self._batch: xgr.BatchGrammarMatcher | None = None
         self._lock = threading.Lock()
 
     def matcher(self, response_format: ResponseFormat) -> GrammarMatcher:
@@ -67,7 +69,7 @@ class GrammarCompiler:
                 "this model has no end-of-sequence token, so a constrained output could not end",
                 param="response_format",
             )
-        compiler = self._ready_compiler()
+        compiler, batch = self._ready_compiler()
         try:
             if response_format.kind == "json_object":
                 # Any object: strict mode would forbid every property of a schema that names none.
@@ -80,32 +82,26 @@ class GrammarCompiler:
             raise RequestValidationError(
                 f"response_format: the JSON schema cannot be used: {reason}", param="response_format"
             ) from None
-        return GrammarMatcher(xgr.GrammarMatcher(compiled))
+        return GrammarMatcher(xgr.GrammarMatcher(compiled), batch)
 
-    def _ready_compiler(self) -> xgr.GrammarCompiler:
+    def _ready_compiler(self) -> tuple[xgr.GrammarCompiler, xgr.BatchGrammarMatcher]:
         with self._lock:
-            if self._compiler is None:
+            if self._compiler is None or self._batch is None:
                 info = xgr.TokenizerInfo.from_huggingface(
                     self._tokenizer, vocab_size=self._vocab_size, stop_token_ids=self._eos_token_ids
                 )
-                self._compiler = xgr.GrammarCompiler(info)
-            return self._compiler
-
-
-_batch_matcher: xgr.BatchGrammarMatcher | None = None  # the engine thread's: fills many rows' masks in parallel
+                self._compiler, self._batch = xgr.GrammarCompiler(info), xgr.BatchGrammarMatcher()
+            return self._compiler, self._batch
 
 
 def mask_logits(logits: torch.Tensor, rows: Seq[int], matchers: Seq[GrammarMatcher]) -> None:
     """In place: every token that `matchers[i]` does not allow next becomes -inf in row `rows[i]` of logits
     [num_rows, vocab]. One batched fill on the host, then one masked write per step for all constrained rows."""
-    global _batch_matcher
     if not rows:
         return
-    if _batch_matcher is None:
-        _batch_matcher = xgr.BatchGrammarMatcher()
     vocab = logits.shape[-1]
     bitmask = xgr.allocate_token_bitmask(len(rows), vocab)  # int32 [num_rows, ceil(vocab / 32)], all allowed
-    _batch_matcher.batch_fill_next_token_bitmask([m._matcher for m in matchers], bitmask)
+    matchers[0]._batch.batch_fill_next_token_bitmask([m._matcher for m in matchers], bitmask)
     allowed = allowed_tokens(bitmask, vocab, logits.device)  # bool [num_rows, vocab]
     index = torch.tensor(list(rows), device=logits.device)
     logits[index] = logits[index].masked_fill(~allowed, float("-inf"))
