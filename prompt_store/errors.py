@@ -29,6 +29,11 @@ class StorageError(PromptStoreError):
     """The store on disk could not be written, or holds files that no longer read back (HTTP 500/507)."""
 
 
+class StorageConflictError(StorageError):
+    """Another writer changed the stored object since this process last read or wrote it (a shared object store's
+    conditional write failed); nothing was changed."""
+
+
 class ConflictError(PromptStoreError):
     """The change conflicts with what exists: a task name owned by someone else, a tenant that exists or still
     owns tasks (HTTP 409)."""

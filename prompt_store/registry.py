@@ -49,7 +49,8 @@ from prompt_store.registry_types import (
     VersionInfo,
 )
 from prompt_store.spec import PromptSpec
-from prompt_store.storage import PromptStorage, sha256_hex
+from prompt_store.storage import sha256_hex
+from prompt_store.storage_interface import StorageBackend
 from prompt_store.store_config import StoreConfig
 from prompt_store.task_names import validate_task_name
 from prompt_store.tenant_directory import TenantDirectory
@@ -74,7 +75,7 @@ class PromptRegistry:
     """Task name -> versions -> the active one; pins, the host tier and the durable store behind it."""
 
     def __init__(
-        self, shape: ModelShape, config: StoreConfig, base_model_id: str, storage: PromptStorage | None = None
+        self, shape: ModelShape, config: StoreConfig, base_model_id: str, storage: StorageBackend | None = None
     ):
         self.shape = shape
         self.config = config

@@ -22,7 +22,7 @@ import re
 import threading
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from prompt_store.documents import DOCUMENT_NAMES, check_document_name
 from prompt_store.durable_io import fsync_dir, remove_tree, rename_synced, replace_file_atomically, write_file_synced
@@ -43,7 +43,8 @@ VERSION_DIR = re.compile(r"v([1-9][0-9]{0,9})")
 class ScanResult:
     manifests: dict[str, TaskManifest] = field(default_factory=dict)  # task -> committed, undamaged versions
     problems: list[str] = field(default_factory=list)  # one line per damaged entry skipped
-    leftovers: list[Path] = field(default_factory=list)  # uncommitted entries discard_leftovers() removes
+    # uncommitted entries discard_leftovers() removes: paths in a directory, object keys in a bucket
+    leftovers: list[PurePath] = field(default_factory=list)
     # task -> the highest version number the store has used for it: deleted tasks, skipped (damaged or unfit)
     # entries and dropped versions included. New versions are numbered above it, so a number never names two prompts.
     highest_versions: dict[str, int] = field(default_factory=dict)
@@ -96,7 +97,7 @@ class PromptStorage:
 
     def discard_leftovers(self, result: ScanResult) -> None:
         """Remove what interrupted writes left behind; nothing in `leftovers` is committed."""
-        for path in result.leftovers:
+        for path in map(Path, result.leftovers):
             if path.is_dir() and not path.is_symlink():
                 remove_tree(path)
             else:
@@ -112,10 +113,7 @@ class PromptStorage:
             raise StorageError(
                 f"task {task!r} version {record.version} cannot be read: {exc.strerror or exc}"
             ) from None
-        is_intact = sha256_hex(config_bytes) == record.config_sha256 and sha256_hex(model_bytes) == record.model_sha256
-        if not is_intact:
-            raise StorageError(f"task {task!r} version {record.version} is damaged on disk (checksum mismatch)")
-        return config_bytes, model_bytes
+        return checked_version(task, record, config_bytes, model_bytes, "on disk")
 
     def read_document(self, name: str) -> bytes | None:
         """A whole-file document beside tasks/ (documents.py), or None if it was never written."""
@@ -224,14 +222,11 @@ class PromptStorage:
             result.problems.append(f"task {task!r}: no {MANIFEST_FILE}; skipped")
             return None
         try:
-            manifest = TaskManifest.from_json((task_dir / MANIFEST_FILE).read_bytes())
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            data = (task_dir / MANIFEST_FILE).read_bytes()
+        except OSError as exc:
             result.problems.append(f"task {task!r}: {MANIFEST_FILE} is damaged ({str(exc)[:100]}); skipped")
             return None
-        if manifest.task != task:
-            result.problems.append(f"task {task!r}: {MANIFEST_FILE} names task {manifest.task!r}; skipped")
-            return None
-        return manifest
+        return parse_manifest(task, data, result)
 
     @staticmethod
     def _version_intact(task_dir: Path, record: VersionRecord) -> bool:
@@ -304,3 +299,26 @@ def _uncommitted_names(names: set[str], manifest: TaskManifest) -> list[str]:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def checked_version(
+    task: str, record: VersionRecord, config_bytes: bytes, model_bytes: bytes, where: str
+) -> tuple[bytes, bytes]:
+    """The version's bytes as read back, if they still have the checksums its record holds (else StorageError)."""
+    is_intact = sha256_hex(config_bytes) == record.config_sha256 and sha256_hex(model_bytes) == record.model_sha256
+    if not is_intact:
+        raise StorageError(f"task {task!r} version {record.version} is damaged {where} (checksum mismatch)")
+    return config_bytes, model_bytes
+
+
+def parse_manifest(task: str, data: bytes, result: ScanResult) -> TaskManifest | None:
+    """The task's manifest from its bytes; None if it is damaged or names another task (reported in `result`)."""
+    try:
+        manifest = TaskManifest.from_json(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        result.problems.append(f"task {task!r}: {MANIFEST_FILE} is damaged ({str(exc)[:100]}); skipped")
+        return None
+    if manifest.task != task:
+        result.problems.append(f"task {task!r}: {MANIFEST_FILE} names task {manifest.task!r}; skipped")
+        return None
+    return manifest

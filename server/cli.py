@@ -105,7 +105,8 @@ def _serve(args: argparse.Namespace) -> int:
     flags = {name: getattr(args, name) for name in names}
     config = load_config(flags)
     # Held for the life of the process, so a second server on this store fails here, before it binds its port.
-    StoreLock(config.store.directory)
+    if config.store.s3 is None:  # an object store has no lock: its writes are conditional (s3_storage.py)
+        StoreLock(config.store.directory)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return run_server(config, EngineClient(config))
 

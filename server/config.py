@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 # StoreConfig belongs to the store; it is re-exported here because the server composes it.
-from prompt_store.store_config import StoreConfig, StoreConfigError
+from prompt_store.store_config import S3_SCHEME, S3Location, StoreConfig, StoreConfigError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 SCHEDULING_POLICIES = ("fair", "fcfs")  # admission order: weighted fair share between tenants, or arrival order
@@ -67,7 +67,8 @@ class ServerConfig:
     tokenizer_threads: int = 2  # threads that tokenize and apply chat templates, off the event loop
     health_stall_timeout_s: float = 60.0  # /health is 503 when the engine has work and no step ended for this long
     require_api_key: bool = False  # inference needs a tenant's API key (or the admin token); else open, as in v1
-    audit_log: Path | None = None  # JSON lines of every admin request; None: audit.log in the store directory
+    # JSON lines of every admin request; None: audit.log in the store directory (in cache_dir for an S3 store)
+    audit_log: Path | None = None
     engine: EngineConfig = field(default_factory=EngineConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
 
@@ -90,7 +91,10 @@ class ServerConfig:
 
     @property
     def audit_log_path(self) -> Path:
-        return self.audit_log if self.audit_log is not None else self.store.directory / "audit.log"
+        if self.audit_log is not None:
+            return self.audit_log
+        # The log is this process's own file; an object store is shared by every replica, so it stays local.
+        return (self.cache_dir if self.store.s3 is not None else self.store.directory) / "audit.log"
 
     @property
     def base_model_id(self) -> str:
@@ -148,7 +152,8 @@ _ENGINE_ENV = {
     "enable_prefix_caching": ("PROMPTSWAP_PREFIX_CACHING", bool),
 }
 _STORE_ENV = {
-    "directory": ("PROMPTSWAP_STORE", Path),
+    "directory": ("PROMPTSWAP_STORE", str),  # a directory, or s3://BUCKET/PREFIX (_store_location)
+    "s3_endpoint": ("PROMPTSWAP_S3_ENDPOINT", str),  # the S3-compatible server; unset: AWS
     "max_virtual_tokens": ("PROMPTSWAP_MAX_VIRTUAL_TOKENS", int),
     "max_file_bytes": ("PROMPTSWAP_MAX_FILE_BYTES", int),
     "versions_kept": ("PROMPTSWAP_VERSIONS_KEPT", int),
@@ -182,7 +187,8 @@ def load_config(flags: dict | None = None, environ: dict[str, str] | None = None
     engine = _from_env(_ENGINE_ENV, environ)
     store = _from_env(_STORE_ENV, environ)
     if "store" in flags:
-        store["directory"] = Path(flags.pop("store"))
+        store["directory"] = str(flags.pop("store"))
+    _store_location(store)
     for name in [f.name for f in fields(EngineConfig)]:
         if name in flags:
             engine[name] = flags.pop(name)
@@ -194,12 +200,27 @@ def load_config(flags: dict | None = None, environ: dict[str, str] | None = None
     return ServerConfig(**server, engine=EngineConfig(**engine), store=store_config)
 
 
+def _store_location(store: dict) -> None:
+    """`directory` as given -> a Path, or an S3Location in `s3` for an s3:// URL (with the endpoint)."""
+    endpoint_url = store.pop("s3_endpoint", None)
+    location = store.pop("directory", None)
+    if location is None:
+        return
+    if not location.startswith(S3_SCHEME):
+        store["directory"] = Path(location)
+        return
+    try:
+        store["s3"] = S3Location.parse(location, endpoint_url)
+    except StoreConfigError as exc:
+        raise ConfigError(f"--store {location}: {exc}") from None
+
+
 def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="local model folder, .gguf file, or 'smollm2-135m-instruct' (default)")
     parser.add_argument("--model-id", dest="model_id", help="id of the base model in the API")
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
-    parser.add_argument("--store", help="prompt store directory")
+    parser.add_argument("--store", help="prompt store: a directory, or s3://BUCKET/PREFIX (PROMPTSWAP_S3_ENDPOINT)")
     parser.add_argument("--admin-token", dest="admin_token")
     parser.add_argument(
         "--require-api-key",

@@ -73,3 +73,12 @@ def tiny_gpt2_dir(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture(scope="session")
 def adapter_factory(tmp_path_factory: pytest.TempPathFactory) -> AdapterFactory:
     return AdapterFactory(tmp_path_factory.mktemp("adapters"))
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory):
+    """A real S3-compatible server (`weed mini` on free loopback ports) for the session; tests take a bucket each."""
+    from tests.support.seaweedfs import running_seaweedfs
+
+    with running_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server

@@ -53,7 +53,8 @@ def free_port() -> int:
 def start_server(
     model_dir: Path, work_dir: Path, env: dict[str, str] | None = None, admin_token: str | None = ADMIN_TOKEN
 ) -> ServerProcess:
-    """Start `python -m server serve` and wait until /ready answers 200."""
+    """Start `python -m server serve` and wait until /ready answers 200 (its store: work_dir/store, unless `env`
+    names PROMPTSWAP_STORE)."""
     port = free_port()
     command = [
         sys.executable,
@@ -66,9 +67,9 @@ def start_server(
         "127.0.0.1",
         "--port",
         str(port),
-        "--store",
-        str(work_dir / "store"),
     ]
+    if "PROMPTSWAP_STORE" not in (env or {}):  # the flag would win over the variable
+        command += ["--store", str(work_dir / "store")]
     if admin_token:
         command += ["--admin-token", admin_token]
     log_path = work_dir / "server.log"

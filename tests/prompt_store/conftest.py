@@ -10,6 +10,7 @@ from prompt_store.registry import PromptRegistry
 from prompt_store.storage import PromptStorage
 from server.config import StoreConfig
 from tests.support.adapters import BASE_MODEL_ID, make_adapter, peft_configs, word_level_tokenizer
+from tests.support.stored_files import BucketFiles, LocalFiles
 from tests.support.tiny_models import TINY_MODELS, TINY_SHAPES
 
 
@@ -52,14 +53,51 @@ def store_config(tmp_path):
 
 
 @pytest.fixture
-def make_registry(store_config, llama_shape):
-    """make_registry(config=None, shape=None, durable=True): a registry over the test's store directory, loaded."""
+def store_backend() -> str:
+    """Where make_registry keeps a durable store: "local" (the test's directory) or "s3" (a bucket of its own).
+    A test runs on both with `@on_both_backends` (tests/support/seaweedfs.py)."""
+    return "local"
 
-    def make(config: StoreConfig | None = None, shape=None, durable: bool = True) -> PromptRegistry:
+
+@pytest.fixture
+def s3_bucket(seaweedfs) -> str:
+    """This test's own bucket on the session's SeaweedFS (started on first use)."""
+    return seaweedfs.new_bucket()
+
+
+@pytest.fixture
+def make_storage(request, store_backend, store_config):
+    """make_storage(config=None, backend=None): the durable store the test's registries share (one per call)."""
+
+    def make(config: StoreConfig | None = None, backend: str | None = None):
+        if (backend or store_backend) == "s3":
+            return request.getfixturevalue("seaweedfs").storage(request.getfixturevalue("s3_bucket"))
+        return PromptStorage((config or store_config).directory)
+
+    return make
+
+
+@pytest.fixture
+def make_registry(store_config, llama_shape, make_storage):
+    """make_registry(config=None, shape=None, durable=True, backend=None): a registry over the test's store, loaded
+    (backend None: `store_backend`'s; durable=False: in memory)."""
+
+    def make(
+        config: StoreConfig | None = None, shape=None, durable: bool = True, backend: str | None = None
+    ) -> PromptRegistry:
         config = config or store_config
-        storage = PromptStorage(config.directory) if durable else None
+        storage = make_storage(config, backend) if durable else None
         registry = PromptRegistry(shape or llama_shape, config, BASE_MODEL_ID, storage)
         registry.load()
         return registry
 
     return make
+
+
+@pytest.fixture
+def stored_files(request, store_backend, store_config):
+    """The store's files as make_registry's stores keep them (tests/support/stored_files.py)."""
+    if store_backend == "s3":
+        client, bucket = request.getfixturevalue("seaweedfs").client(), request.getfixturevalue("s3_bucket")
+        return BucketFiles(client, bucket, "store")
+    return LocalFiles(store_config.directory)

@@ -1,4 +1,5 @@
-"""PromptRegistry: versions, pins, the host tier, delete/prune/activate, names, stats; durable and in memory."""
+"""PromptRegistry: versions, pins, the host tier, delete/prune/activate, names, stats; on a local directory, on S3
+(a real SeaweedFS) and in memory."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from prompt_store.peft_format import read_peft_files
 from prompt_store.spec import PromptKind
 from server.config import StoreConfig
 from tests.support.adapters import BASE_MODEL_ID
+from tests.support.seaweedfs import on_both_backends
 
 
 def _expected(adapter):
@@ -28,9 +30,11 @@ def _upload(registry, task, adapter):
     return registry.upload(task, adapter.config_bytes, adapter.model_bytes)
 
 
-@pytest.fixture(params=[True, False], ids=["durable", "in-memory"])
+@pytest.fixture(params=["local", "s3", "in-memory"])
 def registry(request, make_registry):
-    return make_registry(durable=request.param)
+    if request.param == "in-memory":
+        return make_registry(durable=False)
+    return make_registry(backend=request.param)
 
 
 def test_upload_creates_then_adds_versions(registry, adapters, second_adapters):
@@ -97,6 +101,7 @@ def test_single_prompt_has_only_subtask_zero(registry, adapters):
         registry.pin("pt", 1)
 
 
+@on_both_backends
 def test_host_tier_hits_loads_and_evictions(make_registry, store_config, adapters):
     registry = make_registry(replace(store_config, host_cache_tasks=2))
     names = ["llama/prompt_tuning_random", "llama/prefix", "llama/multitask"]
@@ -113,6 +118,7 @@ def test_host_tier_hits_loads_and_evictions(make_registry, store_config, adapter
     assert (stats.num_host_cached, stats.evictions) == (2, 2)
 
 
+@on_both_backends
 def test_pinned_versions_are_never_evicted(make_registry, store_config, adapters):
     registry = make_registry(replace(store_config, host_cache_tasks=1))
     _upload(registry, "a", adapters["llama/prefix"])
@@ -127,14 +133,15 @@ def test_pinned_versions_are_never_evicted(make_registry, store_config, adapters
     assert registry.stats().num_host_cached == 1
 
 
-def test_delete_keeps_pinned_refs_working(make_registry, store_config, adapters, second_adapters):
+@on_both_backends
+def test_delete_keeps_pinned_refs_working(make_registry, store_config, adapters, second_adapters, stored_files):
     registry = make_registry(replace(store_config, host_cache_tasks=1))
     _upload(registry, "gone", adapters["llama/prefix"])
     _upload(registry, "other", adapters["llama/multitask"])  # evicts "gone" from the host tier
     ref = registry.pin("gone")
     registry.delete("gone")  # reads the pinned version into memory before removing its files
     assert registry.stats().loads_by_tier["disk"] == 1
-    assert not (store_config.directory / "tasks" / "gone").exists()
+    assert stored_files.names("gone") == set()
     with pytest.raises(UnknownTaskError):
         registry.pin("gone")
     with pytest.raises(UnknownTaskError):
@@ -149,7 +156,8 @@ def test_delete_keeps_pinned_refs_working(make_registry, store_config, adapters,
     assert [info.task for info in registry.list_tasks()] == ["gone", "other"]
 
 
-def test_prune_keeps_versions_kept_and_pinned(make_registry, store_config, adapters, second_adapters):
+@on_both_backends
+def test_prune_keeps_versions_kept_and_pinned(make_registry, store_config, adapters, second_adapters, stored_files):
     registry = make_registry(replace(store_config, versions_kept=1))
     one, two = adapters["llama/prefix"], second_adapters["llama/prefix"]
     _upload(registry, "t", one)
@@ -161,9 +169,10 @@ def test_prune_keeps_versions_kept_and_pinned(make_registry, store_config, adapt
     registry.unpin(pinned)
     _upload(registry, "t", one)
     assert [v.version for v in registry.get_task("t").versions] == [4, 5]
-    assert sorted(p.name for p in (store_config.directory / "tasks" / "t").iterdir()) == ["manifest.json", "v4", "v5"]
+    assert stored_files.names("t") == {"manifest.json", "v4", "v5"}
 
 
+@on_both_backends
 def test_activate_rolls_back_durably(make_registry, adapters, second_adapters):
     registry = make_registry()
     _upload(registry, "t", adapters["llama/multitask"])
@@ -189,6 +198,7 @@ def test_bad_task_names_store_nothing(registry, adapters, name):
     assert registry.list_tasks() == [] and registry.stats().uploads_rejected == 1
 
 
+@on_both_backends
 def test_lowering_limits_does_not_orphan_stored_versions(make_registry, store_config, adapters):
     _upload(make_registry(), "t", adapters["llama/prefix"])
     strict = make_registry(replace(store_config, max_virtual_tokens=2, max_file_bytes=100))
@@ -196,6 +206,7 @@ def test_lowering_limits_does_not_orphan_stored_versions(make_registry, store_co
     assert torch.equal(strict.spec(ref).tensor, _expected(adapters["llama/prefix"]))
 
 
+@on_both_backends
 def test_store_write_failure_changes_nothing(make_registry, adapters, monkeypatch):
     registry = make_registry()
     _upload(registry, "t", adapters["llama/prefix"])
@@ -227,6 +238,7 @@ def test_in_memory_registry_writes_nothing(make_registry, store_config, adapters
     assert not store_config.directory.exists()
 
 
+@on_both_backends
 def test_pin_of_a_kept_version_holds_that_version(make_registry, store_config, adapters, second_adapters):
     registry = make_registry()
     one, two = adapters["llama/prefix"], second_adapters["llama/prefix"]
@@ -248,6 +260,7 @@ def test_pin_of_a_pruned_or_unknown_version_is_not_found(make_registry, store_co
     assert registry.stats().num_pinned_versions == 0
 
 
+@on_both_backends
 def test_a_pinned_kept_version_is_not_pruned(make_registry, store_config, adapters, second_adapters):
     registry = make_registry(replace(store_config, versions_kept=1))
     one, two = adapters["llama/prefix"], second_adapters["llama/prefix"]

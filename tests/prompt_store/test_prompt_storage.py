@@ -1,4 +1,5 @@
-"""The durable store: layout, restart, crash at every step, damaged entries, and a 10,000-task scan."""
+"""The durable store: layout, restart, crash at every step, damaged entries, and a 10,000-task scan. The tests
+marked `on_both_backends` also run on S3 (tests/prompt_store/test_s3_storage.py has what is S3's own)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ import torch
 from prompt_store.errors import StorageError, UnknownTaskError
 from prompt_store.peft_format import read_peft_files
 from prompt_store.registry import PromptRegistry
+from prompt_store.s3_storage import VERSION_FILES
 from prompt_store.storage import PromptStorage
 from server.config import StoreConfig
 from tests.support.adapters import BASE_MODEL_ID
+from tests.support.seaweedfs import on_both_backends
+from tests.support.stored_files import BucketFiles
 from tests.support.tiny_models import TINY_SHAPES
 
 
@@ -52,17 +56,18 @@ def _assert_no_leftovers(directory):
         assert {p.name for p in task_dir.iterdir()} == committed | {"manifest.json"}
 
 
-def test_layout_holds_the_uploaded_bytes(adapters, make_registry, store_config):
+@on_both_backends
+def test_layout_holds_the_uploaded_bytes(adapters, make_registry, stored_files):
     adapter = adapters["llama/prefix"]
     make_registry().upload("summarize", adapter.config_bytes, adapter.model_bytes)
-    task_dir = store_config.directory / "tasks" / "summarize"
-    assert {p.name for p in task_dir.iterdir()} == {"manifest.json", "v1"}
-    assert (task_dir / "v1" / "adapter_config.json").read_bytes() == adapter.config_bytes
-    assert (task_dir / "v1" / "adapter_model.safetensors").read_bytes() == adapter.model_bytes
-    assert json.loads((task_dir / "v1" / "meta.json").read_bytes())["peft_type"] == "PREFIX_TUNING"
-    assert json.loads((task_dir / "manifest.json").read_bytes())["active_version"] == 1
+    assert stored_files.names("summarize") == {"manifest.json", "v1"}
+    assert stored_files.read("tasks/summarize/v1/adapter_config.json") == adapter.config_bytes
+    assert stored_files.read("tasks/summarize/v1/adapter_model.safetensors") == adapter.model_bytes
+    assert json.loads(stored_files.read("tasks/summarize/v1/meta.json"))["peft_type"] == "PREFIX_TUNING"
+    assert json.loads(stored_files.read("tasks/summarize/manifest.json"))["active_version"] == 1
 
 
+@on_both_backends
 def test_restart_serves_everything(adapters, second_adapters, make_registry):
     first = make_registry()
     for kind in ("prompt_tuning_random", "p_tuning_lstm", "prefix_projection", "multitask"):
@@ -88,12 +93,13 @@ def test_restart_serves_everything(adapters, second_adapters, make_registry):
 
 
 # ---- crash at every step ---------------------------------------------------------------------------------------
-def _arm_crash(monkeypatch, crash_at: int, after: bool) -> list[int]:
-    """Crash at the crash_at-th fsync/rename/replace. A file whose fsync never finished keeps only half its bytes."""
+def _arm(monkeypatch, target, names, crash_at: int, after: bool, before_crash=None) -> list[int]:
+    """Crash at the crash_at-th call of target.<name> for any of `names`, before it (calling before_crash(name,
+    args) first) or after it returned; returns the call counter."""
     calls = [0]
 
     def wrap(name):
-        real = getattr(os, name)
+        real = getattr(target, name)
 
         def hooked(*args, **kwargs):
             calls[0] += 1
@@ -101,15 +107,25 @@ def _arm_crash(monkeypatch, crash_at: int, after: bool) -> list[int]:
                 return real(*args, **kwargs)
             if after:
                 real(*args, **kwargs)
-            elif name == "fsync" and os.path.isfile(f"/proc/self/fd/{args[0]}"):
-                os.ftruncate(args[0], os.fstat(args[0]).st_size // 2)
+            elif before_crash is not None:
+                before_crash(name, args)
             raise Crash(name)
 
-        monkeypatch.setattr(os, name, hooked)
+        monkeypatch.setattr(target, name, hooked)
 
-    for name in ("fsync", "rename", "replace"):
+    for name in names:
         wrap(name)
     return calls
+
+
+def _arm_crash(monkeypatch, crash_at: int, after: bool) -> list[int]:
+    """Crash at the crash_at-th fsync/rename/replace. A file whose fsync never finished keeps only half its bytes."""
+
+    def truncate_unsynced(name, args):
+        if name == "fsync" and os.path.isfile(f"/proc/self/fd/{args[0]}"):
+            os.ftruncate(args[0], os.fstat(args[0]).st_size // 2)
+
+    return _arm(monkeypatch, os, ("fsync", "rename", "replace"), crash_at, after, truncate_unsynced)
 
 
 def _scenario(name, adapters, second_adapters):
@@ -133,36 +149,95 @@ def _scenario(name, adapters, second_adapters):
     }[name]
 
 
+def _arm_s3_crash(monkeypatch, client, crash_at: int, after: bool) -> list[int]:
+    """Crash at the crash_at-th PUT or DELETE: before it reached the server, or after it took effect (an object
+    write is atomic, so nothing is half-written)."""
+    return _arm(monkeypatch, client, ("put_object", "delete_object"), crash_at, after)
+
+
+class _LocalPlace:
+    """One crash run's store in a directory."""
+
+    def __init__(self, directory):
+        self.directory = directory
+
+    def open(self):
+        return PromptStorage(self.directory)
+
+    def arm(self, monkeypatch, storage, crash_at: int, after: bool) -> list[int]:
+        return _arm_crash(monkeypatch, crash_at, after)
+
+    def assert_no_leftovers(self):
+        _assert_no_leftovers(self.directory)
+
+
+class _BucketPlace:
+    """One crash run's store under its own prefix of the test's bucket."""
+
+    def __init__(self, seaweedfs, bucket: str, prefix: str):
+        self.seaweedfs, self.bucket, self.prefix = seaweedfs, bucket, prefix
+
+    def open(self):
+        return self.seaweedfs.storage(self.bucket, self.prefix)
+
+    def arm(self, monkeypatch, storage, crash_at: int, after: bool) -> list[int]:
+        return _arm_s3_crash(monkeypatch, storage._client, crash_at, after)
+
+    def assert_no_leftovers(self):
+        """Only the marks, the manifests and every object of the versions they name."""
+        files = BucketFiles(self.seaweedfs.client(), self.bucket, self.prefix)
+        keys = {key.removeprefix(f"{self.prefix}/") for key in files.keys("")}
+        expected = keys & {"version_marks.json"}
+        for manifest_key in (key for key in keys if key.endswith("/manifest.json")):
+            task_root = manifest_key.removesuffix("manifest.json")
+            records = json.loads(files.read(manifest_key))["versions"]
+            expected |= {manifest_key} | {
+                f"{task_root}v{record['version']}/{name}" for record in records for name in VERSION_FILES
+            }
+        assert keys == expected
+
+
+def _crash_place(request, store_backend: str, tmp_path, name: str):
+    if store_backend == "s3":
+        return _BucketPlace(request.getfixturevalue("seaweedfs"), request.getfixturevalue("s3_bucket"), name)
+    return _LocalPlace(tmp_path / name)
+
+
 @pytest.mark.parametrize("scenario", ["create", "new version", "new version prunes", "activate", "delete"])
-def test_crash_at_any_step_leaves_old_or_new(adapters, second_adapters, tmp_path, monkeypatch, scenario):
+@on_both_backends
+def test_crash_at_any_step_leaves_old_or_new(
+    adapters, second_adapters, tmp_path, monkeypatch, scenario, store_backend, request
+):
     prepare, act, acceptable, prepared_highest = _scenario(scenario, adapters, second_adapters)
     seen = set()
     for crash_at in range(100):
         for after in (False, True):
             versions_kept = 0 if scenario == "new version prunes" else 2
+            place = _crash_place(request, store_backend, tmp_path, f"{crash_at}-{after}")
             config = StoreConfig(directory=tmp_path / f"{crash_at}-{after}", versions_kept=versions_kept)
-            registry = PromptRegistry(TINY_SHAPES["llama"], config, BASE_MODEL_ID, PromptStorage(config.directory))
+            registry = PromptRegistry(TINY_SHAPES["llama"], config, BASE_MODEL_ID, place.open())
             prepare(registry)
             with monkeypatch.context() as patch:
-                calls = _arm_crash(patch, crash_at, after)
+                calls = place.arm(patch, registry._storage, crash_at, after)
                 try:
                     act(registry)
                     crashed = False
                 except Crash:
                     crashed = True
-            seen.add(_recovered_state(config, acceptable, prepared_highest, adapters["llama/prefix"]))
+            seen.add(_recovered_state(place, config, acceptable, prepared_highest, adapters["llama/prefix"]))
         if not crashed:
             break
-    assert not crashed and crash_at >= 3 and calls[0] == crash_at, "every step was crashed at, then it completed"
+    min_steps = 3 if store_backend == "local" else 1  # an activation is one PUT of the manifest
+    assert not crashed and crash_at >= min_steps and calls[0] == crash_at, "every step crashed at, then it completed"
     assert seen == set(acceptable), f"{scenario}: states reached {seen}"
 
 
-def _recovered_state(config, acceptable, prepared_highest, adapter):
+def _recovered_state(place, config, acceptable, prepared_highest, adapter):
     """The active version after a restart (None: no task), checked against `acceptable`; then an upload must be
     numbered above every version committed before (a deleted task's numbers included)."""
-    restarted = PromptRegistry(TINY_SHAPES["llama"], config, BASE_MODEL_ID, PromptStorage(config.directory))
+    restarted = PromptRegistry(TINY_SHAPES["llama"], config, BASE_MODEL_ID, place.open())
     assert restarted.load() == []
-    _assert_no_leftovers(config.directory)
+    place.assert_no_leftovers()
     version = None
     if restarted.has_task("task"):
         version, tensor = _served_tensor(restarted, "task")
@@ -213,19 +288,21 @@ def test_damaged_entries_are_skipped_and_reported(adapters, second_adapters, mak
     assert restarted.stats().num_damaged_entries == 7
 
 
-def test_checksum_mismatch_is_found_when_loaded(adapters, make_registry, store_config):
+@on_both_backends
+def test_checksum_mismatch_is_found_when_loaded(adapters, make_registry, stored_files):
     adapter = adapters["llama/prompt_tuning_random"]
     make_registry().upload("flipped", adapter.config_bytes, adapter.model_bytes)
-    model = store_config.directory / "tasks" / "flipped" / "v1" / "adapter_model.safetensors"
-    data = bytearray(model.read_bytes())
+    model = "tasks/flipped/v1/adapter_model.safetensors"
+    data = bytearray(stored_files.read(model))
     data[-1] ^= 0xFF
-    model.write_bytes(bytes(data))
+    stored_files.write(model, bytes(data))
     restarted = make_registry()
     ref = restarted.pin("flipped")  # metadata is fine; the tensors are not
     with pytest.raises(StorageError, match="checksum"):
         restarted.spec(ref)
 
 
+@on_both_backends
 def test_tasks_that_no_longer_fit_the_model_are_skipped(adapters, make_registry):
     registry = make_registry()
     registry.upload("prefix", adapters["llama/prefix"].config_bytes, adapters["llama/prefix"].model_bytes)
@@ -237,10 +314,11 @@ def test_tasks_that_no_longer_fit_the_model_are_skipped(adapters, make_registry)
         restarted.pin("prefix")
 
 
-def test_upload_replaces_a_skipped_task(adapters, make_registry, store_config):
+@on_both_backends
+def test_upload_replaces_a_skipped_task(adapters, make_registry, stored_files):
     adapter = adapters["llama/prompt_tuning_random"]
     make_registry().upload("broken", adapter.config_bytes, adapter.model_bytes)
-    (store_config.directory / "tasks" / "broken" / "manifest.json").write_bytes(b"{")
+    stored_files.write("tasks/broken/manifest.json", b"{")
     registry = make_registry()
     assert not registry.has_task("broken")
     result = registry.upload("broken", adapter.config_bytes, adapter.model_bytes)

@@ -1,9 +1,13 @@
-"""server/config.py: engine options (scheduling policy, prefix caching) from flags and the environment, validated."""
+"""server/config.py: engine options (scheduling policy, prefix caching) and the store's place from flags and the
+environment, validated."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from prompt_store.store_config import S3Location
 from server.config import ConfigError, EngineConfig, load_config
 
 
@@ -29,3 +33,21 @@ def test_prefix_caching_is_on_unless_the_flag_or_the_environment_turns_it_off():
     flags = vars(parser.parse_args(["--no-prefix-caching"]))
     assert not load_config(flags=flags, environ={}).engine.enable_prefix_caching
     assert load_config(flags=vars(parser.parse_args([])), environ={}).engine.enable_prefix_caching
+
+
+def test_the_store_is_a_directory_or_an_s3_url():
+    local = load_config(flags={"store": "/srv/prompts"}, environ={"PROMPTSWAP_S3_ENDPOINT": "http://ignored"})
+    assert (local.store.directory, local.store.s3, local.audit_log_path) == (
+        Path("/srv/prompts"),
+        None,
+        Path("/srv/prompts/audit.log"),
+    )
+    environ = {"PROMPTSWAP_STORE": "s3://prompt-bucket/team/prompts/", "PROMPTSWAP_S3_ENDPOINT": "http://127.0.0.1:9"}
+    shared = load_config(flags={"cache_dir": Path("/cache")}, environ=environ)
+    assert shared.store.s3 == S3Location("prompt-bucket", "team/prompts", "http://127.0.0.1:9")
+    assert shared.store.location == "s3://prompt-bucket/team/prompts"
+    assert shared.audit_log_path == Path("/cache/audit.log")  # the process's own file stays on its disk
+    assert load_config(flags={"store": "s3://prompt-bucket"}, environ={}).store.s3 == S3Location("prompt-bucket")
+    for bad in ("s3://", "s3://Bad_Bucket/p", "s3://prompt-bucket/a//b"):
+        with pytest.raises(ConfigError, match="--store"):
+            load_config(flags={"store": bad}, environ={})
