@@ -5,11 +5,13 @@ from __future__ import annotations
 from prompt_store.documents import check_document_name
 from prompt_store.errors import StorageError
 from prompt_store.manifest import TaskManifest, VersionRecord
-from prompt_store.storage import ScanResult
+from prompt_store.storage import ScanResult, StoreChanges, StoredTask
 
 
 class MemoryStorage:
     """Keeps the uploaded bytes so a version evicted from the host cache can be parsed again."""
+
+    is_shared = False  # one process's memory: nothing changes it elsewhere
 
     def __init__(self) -> None:
         self._files: dict[tuple[str, int], tuple[bytes, bytes]] = {}  # (task, version) -> (config, model)
@@ -20,6 +22,14 @@ class MemoryStorage:
     def scan(self) -> ScanResult:
         highest = self._marks | {task: manifest.latest_version for task, manifest in self._manifests.items()}
         return ScanResult(manifests=dict(self._manifests), highest_versions=highest)
+
+    def reload_task(self, task: str) -> StoredTask:
+        manifest = self._manifests.get(task)
+        highest = max(self._marks.get(task, 0), manifest.latest_version if manifest is not None else 0)
+        return StoredTask(manifest, highest)
+
+    def changes(self) -> StoreChanges:
+        return StoreChanges()
 
     def close(self) -> None:
         pass

@@ -9,6 +9,10 @@ quota check and the store it permits are one step, and a tenant is never deleted
 Ownership: every task has an owner (a tenant) or none (shared). Every call that names a task is made for a
 `Caller`, and a task the caller may not see is, to it, exactly an unknown task: the same error, the same message.
 
+Other processes (replicas on one S3 bucket): a change that loses a conditional write re-reads the task from the
+store and is redone (conflicts.py); `refresh` applies what they changed, each task re-read under its task lock, and
+versions that left a manifest go as on a local delete (pinned ones stay served to their refs).
+
 Pin invariant: a pinned version's spec stays obtainable until unpinned. A version is newly pinned only under `_lock`
 while the task's manifest still lists it (the active one, or a kept one named by `NAME@N`); pruning drops versions
 from the manifest under the same lock and skips pinned ones, and `delete` first moves pinned versions' specs into
@@ -22,10 +26,13 @@ import threading
 import time
 import zlib
 from collections import Counter
+from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import replace
 
 from prompt_store.access import ANONYMOUS, OPERATOR, Caller
+from prompt_store.conflicts import retry_on_conflict
+from prompt_store.documents import TENANTS_DOCUMENT
 from prompt_store.errors import (
     ConflictError,
     InvalidPromptError,
@@ -126,6 +133,47 @@ class PromptRegistry:
         """Release the store directory (its lock) for another process; the registry is unusable afterwards."""
         self._storage.close()
 
+    # ---- other processes' changes (a shared store) -----------------------------------------------------------
+    @property
+    def is_shared(self) -> bool:
+        """Other processes change the store too (S3): `refresh` must run now and then (store_poller.py)."""
+        return self._storage.is_shared
+
+    def refresh(self) -> int:
+        """Apply what other processes changed in the store since this one read it: new versions, activations,
+        deletions, tenants and keys; returns how many tasks were re-read. Requests already admitted keep the
+        versions they pinned (a version gone elsewhere stays served to them as after a local delete)."""
+        changes = self._storage.changes()
+        failures = []
+        for task in sorted(changes.tasks):
+            try:
+                with self._task_lock(task):
+                    self._reload_task(task)
+            except StorageError as exc:  # its ETag is still the old one: the next refresh tries it again
+                failures.append(exc)
+        if TENANTS_DOCUMENT in changes.documents:
+            self.tenants.load()
+        if failures:
+            raise StorageError(f"{len(failures)} of {len(changes.tasks)} changed tasks not re-read: {failures[0]}")
+        return len(changes.tasks)
+
+    def _reload_task(self, task: str) -> None:
+        """Under the task's lock: serve the task as the store holds it now (another process may have changed it)."""
+        stored = self._storage.reload_task(task)
+        problems = [stored.problem] if stored.problem else []
+        fresh = None if stored.manifest is None else self._fitting(stored.manifest, problems)
+        for problem in problems:
+            log.warning("prompt store: %s", problem)
+        with self._lock:
+            self._version_floor[task] = max(self._version_floor.get(task, 0), stored.highest_version)
+            old = self._manifests.pop(task, None)
+            if fresh is not None:
+                self._manifests[task] = fresh
+            kept = set() if fresh is None else {record.version for record in fresh.versions}
+            gone = [] if old is None else [record for record in old.versions if record.version not in kept]
+            pinned = self._detach_versions(task, gone)
+        self._keep_pinned_in_cache(task, pinned)
+
     def _fitting(self, manifest: TaskManifest, problems: list[str]) -> TaskManifest | None:
         task = manifest.task
         if task == self.base_model_id:
@@ -153,10 +201,14 @@ class PromptRegistry:
         except PromptStoreError:
             self._count("uploads_rejected")
             raise
+
+        def store() -> UploadResult:
+            self._check_upload(task, caller, num_bytes)
+            return self._store_new_version(task, spec, config_bytes, model_bytes, caller)
+
         with self._owner_lock(caller), self._task_lock(task):
-            try:
-                self._check_upload(task, caller, num_bytes)
-                result = self._store_new_version(task, spec, config_bytes, model_bytes, caller)
+            try:  # another replica's write to the task won: re-read it, renumber above it, store again
+                result = retry_on_conflict(store, lambda: self._reload_task(task))
             except StorageError:
                 self._count("uploads_failed")
                 raise
@@ -329,39 +381,48 @@ class PromptRegistry:
     def activate(self, task: str, version: int, caller: Caller = OPERATOR) -> TaskInfo:
         """Serve a kept version (roll back or forward); durable before it returns."""
         with self._task_lock(task):
-            with self._lock:
-                manifest = self._managed(task, caller)
-            _kept_version(manifest, version)
-            if manifest.active_version != version:
-                activated = replace(manifest, active_version=version)
-                self._storage.commit(activated)
-                with self._lock:
-                    self._manifests[task] = activated
+            retry_on_conflict(lambda: self._activate(task, version, caller), lambda: self._reload_task(task))
         return self.get_task(task, caller)
+
+    def _activate(self, task: str, version: int, caller: Caller) -> None:
+        with self._lock:
+            manifest = self._managed(task, caller)
+        _kept_version(manifest, version)
+        # On a shared store the write is also the check that this view is current: another replica may have
+        # activated another version since, so "already active here" proves nothing.
+        if manifest.active_version != version or self._storage.is_shared:
+            activated = replace(manifest, active_version=version)
+            self._storage.commit(activated)
+            with self._lock:
+                self._manifests[task] = activated
 
     def delete(self, task: str, caller: Caller = OPERATOR) -> None:
         """Remove the task for good; requests holding refs to it keep working until they unpin them."""
         with self._task_lock(task):
-            with self._lock:
-                manifest = self._managed(task, caller)
-                del self._manifests[task]
-                highest = self._version_floor[task] = max(self._version_floor.get(task, 0), manifest.latest_version)
-                pinned = self._detach_versions(manifest)
-            self._keep_pinned_in_cache(task, pinned)
-            try:
-                self._storage.delete_task(task, highest)
-            except StorageError:
-                with self._lock:
-                    self._manifests[task] = manifest
-                    for record in pinned:
-                        self._detached.pop((task, record.version), None)
-                raise
+            retry_on_conflict(lambda: self._delete(task, caller), lambda: self._reload_task(task))
 
-    def _detach_versions(self, manifest: TaskManifest) -> list[VersionRecord]:
-        """Under the lock: unpinned versions leave the cache, pinned ones become detached."""
+    def _delete(self, task: str, caller: Caller) -> None:
+        with self._lock:
+            manifest = self._managed(task, caller)
+            del self._manifests[task]
+            highest = self._version_floor[task] = max(self._version_floor.get(task, 0), manifest.latest_version)
+            pinned = self._detach_versions(task, manifest.versions)
+        self._keep_pinned_in_cache(task, pinned)
+        try:
+            self._storage.delete_task(task, highest)
+        except StorageError:
+            with self._lock:
+                self._manifests[task] = manifest
+                for record in pinned:
+                    self._detached.pop((task, record.version), None)
+            raise
+
+    def _detach_versions(self, task: str, records: Iterable[VersionRecord]) -> list[VersionRecord]:
+        """Under the lock: versions no manifest names any more. Unpinned ones leave the cache, pinned ones become
+        detached (returned: their specs must reach the cache before the store frees their objects)."""
         pinned = []
-        for record in manifest.versions:
-            key = (manifest.task, record.version)
+        for record in records:
+            key = (task, record.version)
             if key in self._pins:
                 self._detached[key] = record
                 pinned.append(record)

@@ -33,7 +33,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from prompt_store.documents import check_document_name
+from prompt_store.documents import DOCUMENT_NAMES, check_document_name
 from prompt_store.errors import StorageConflictError, StorageError
 from prompt_store.manifest import TaskManifest, VersionRecord, record_to_dict
 from prompt_store.peft_file_names import CONFIG_FILE, MODEL_FILE
@@ -43,12 +43,15 @@ from prompt_store.storage import (
     MARKS_FORMAT,
     META_FILE,
     ScanResult,
+    StoreChanges,
+    StoredTask,
     checked_version,
     parse_manifest,
 )
 from prompt_store.store_config import S3Location
 from prompt_store.task_names import is_valid_task_name
 
+MANIFEST_KEY = re.compile(r"tasks/([^/]+)/manifest\.json")  # a task's manifest, below the prefix
 VERSION_KEY = re.compile(r"v([1-9][0-9]{0,9})/(.+)")  # a version object's key below tasks/<task>/
 VERSION_FILES = (CONFIG_FILE, MODEL_FILE, META_FILE)
 MARK_ATTEMPTS = 5  # version marks merged with another writer's and rewritten, at most this often
@@ -64,6 +67,8 @@ class S3Storage:
     Not locked per task: the registry serializes one process's writes to a task; other processes are excluded by
     the conditional writes. `_etags` holds, per task, the manifest's ETag as this process last read or wrote it.
     """
+
+    is_shared = True  # every replica on the bucket writes it: the server polls `changes`
 
     def __init__(self, location: S3Location, leftover_min_age_s: float = 3600.0, client=None):
         self.location = location
@@ -100,6 +105,44 @@ class S3Storage:
                 continue
             self._scan_task(task, tasks[task], result)
         return result
+
+    def reload_task(self, task: str) -> StoredTask:
+        """GET the manifest (and its ETag), then list the task's objects and re-read the marks.
+
+        In that order: a listing made after the manifest's commit holds every version it names, and the version
+        objects of writers still in flight, so a retried upload is numbered above all of them."""
+        found = self._get(self._manifest_key(task), f"task {task!r}")
+        if found is None:
+            self._etags.pop(task, None)
+        else:
+            self._etags[task] = found[1]  # kept for a damaged one too: a create replaces it if nobody else did
+        task_root = self._key(f"tasks/{task}/")
+        listed = [_version_of(entry["Key"][len(task_root) :]) or 0 for entry in self._list(task_root)]
+        with self._marks_lock:
+            self._marks, self._marks_etag, _ = self._read_marks()
+            highest = max([self._marks.get(task, 0), *listed])
+        result = ScanResult()
+        manifest = None if found is None else parse_manifest(task, found[0], result)
+        if manifest is not None:
+            highest = max(highest, manifest.latest_version)
+        return StoredTask(manifest, highest, result.problems[0] if result.problems else None)
+
+    def changes(self) -> StoreChanges:
+        """One listing of the prefix, its ETags compared with those this process holds; nothing is read."""
+        root = self._key("")
+        manifests: dict[str, str] = {}  # task -> its manifest's ETag, as listed
+        documents: dict[str, str] = {}
+        for entry in self._list(root):
+            name = entry["Key"][len(root) :]
+            match = MANIFEST_KEY.fullmatch(name)
+            if match and is_valid_task_name(match[1]):
+                manifests[match[1]] = entry["ETag"]
+            elif name in DOCUMENT_NAMES:
+                documents[name] = entry["ETag"]
+        held, held_documents = dict(self._etags), dict(self._document_etags)  # other threads may change them
+        tasks = {task for task, etag in manifests.items() if held.get(task) != etag} | (held.keys() - manifests.keys())
+        changed_documents = {name for name, etag in held_documents.items() if documents.get(name) != etag}
+        return StoreChanges(frozenset(tasks), frozenset(changed_documents))
 
     def discard_leftovers(self, result: ScanResult) -> None:
         """Best effort: a leftover that stays is found again by the next scan."""

@@ -50,12 +50,31 @@ class ScanResult:
     highest_versions: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class StoredTask:
+    """One task as the store holds it now (`reload_task`): what a writer that lost a conditional write retries on."""
+
+    manifest: TaskManifest | None  # None: no committed manifest (never created, deleted, or damaged)
+    highest_version: int  # the highest number the store has used for the task (manifest, marks, objects in flight)
+    problem: str | None = None  # why a manifest that is there was not usable (damaged), else None
+
+
+@dataclass(frozen=True)
+class StoreChanges:
+    """What other processes changed in a shared store since this one last read or wrote it (`changes`)."""
+
+    tasks: frozenset[str] = frozenset()  # tasks whose manifest appeared, changed or went
+    documents: frozenset[str] = frozenset()  # documents (documents.py) that changed
+
+
 class PromptStorage:
     """Files of task versions under one directory, which this process locks (one process per store).
 
     Not locked per task: the registry serializes writes to one task. Deletes of different tasks may run at once;
     `_marks_lock` orders their updates of the version marks file.
     """
+
+    is_shared = False  # locked to this process: nothing changes it elsewhere, so there is nothing to poll
 
     def __init__(self, directory: Path | str):
         self.directory = Path(directory)
@@ -94,6 +113,20 @@ class PromptStorage:
                 continue
             self._scan_task(Path(entry.path), result)
         return result
+
+    def reload_task(self, task: str) -> StoredTask:
+        """The task's manifest as on disk (this process is its only writer, so it is what the registry holds)."""
+        result = ScanResult()
+        with self._marks_lock:
+            result.highest_versions.update(self._marks)
+        if (self.tasks_dir / task).is_dir():
+            self._scan_task(self.tasks_dir / task, result)
+        problem = result.problems[0] if result.problems else None
+        return StoredTask(result.manifests.get(task), result.highest_versions.get(task, 0), problem)
+
+    def changes(self) -> StoreChanges:
+        """Nothing: no other process writes this directory (it is locked)."""
+        return StoreChanges()
 
     def discard_leftovers(self, result: ScanResult) -> None:
         """Remove what interrupted writes left behind; nothing in `leftovers` is committed."""

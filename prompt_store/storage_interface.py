@@ -12,16 +12,28 @@ from __future__ import annotations
 from typing import Protocol
 
 from prompt_store.manifest import TaskManifest, VersionRecord
-from prompt_store.storage import ScanResult
+from prompt_store.storage import ScanResult, StoreChanges, StoredTask
 
 
 class StorageBackend(Protocol):
+    is_shared: bool  # other processes may change it (S3): the server polls `changes`
+
     def scan(self) -> ScanResult:
         """Every committed task from its manifest (no tensor is read); damaged entries are reported, not raised."""
         ...
 
     def discard_leftovers(self, result: ScanResult) -> None:
         """Remove the uncommitted entries `scan` found."""
+        ...
+
+    def reload_task(self, task: str) -> StoredTask:
+        """The task as the store holds it now, read again (its manifest and, on S3, its ETag): after a lost
+        conditional write, or a change `changes` reported. Single-writer stores return what they hold."""
+        ...
+
+    def changes(self) -> StoreChanges:
+        """Tasks and documents other processes changed since this one last read or wrote them (cheap: one
+        listing on S3, nothing read); single-writer stores report none."""
         ...
 
     def read_version(self, task: str, record: VersionRecord) -> tuple[bytes, bytes]:

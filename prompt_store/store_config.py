@@ -51,6 +51,7 @@ class StoreConfig:
     versions_kept: int = 3  # old versions kept per task besides the active one
     host_cache_tasks: int = 1024  # task versions whose tensors stay in host memory
     host_cache_bytes: int = 2 * 1024**3  # and the bytes their tensors may take (pinned versions may exceed it)
+    poll_interval_s: float = 0.5  # how often a shared (S3) store is asked for other replicas' changes
 
     def __post_init__(self) -> None:
         _require(self.max_virtual_tokens > 0, "max_virtual_tokens must be positive")
@@ -58,6 +59,7 @@ class StoreConfig:
         _require(self.versions_kept >= 0, "versions_kept must be >= 0")
         _require(self.host_cache_tasks > 0, "host_cache_tasks must be positive")
         _require(self.host_cache_bytes > 0, "host_cache_bytes must be positive")
+        _require(0 < self.poll_interval_s <= 3600, "poll_interval_s must be in (0, 3600]")
 
     @property
     def location(self) -> str:

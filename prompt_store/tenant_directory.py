@@ -7,10 +7,11 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Protocol
+from typing import Protocol, TypeVar
 
+from prompt_store.conflicts import retry_on_conflict
 from prompt_store.documents import TENANTS_DOCUMENT
 from prompt_store.errors import ConflictError, InvalidTenantError, StorageError, UnknownTenantError
 from prompt_store.tenant_document import StoredKey, TenantDocument
@@ -29,6 +30,7 @@ SECRET_BYTES = 32  # 256 random bits per key; the API promises at least 192
 MAX_SECRET_CHARS = 200  # anything longer is not a key of ours, and is not worth hashing
 NO_QUOTA = TenantQuota()  # every limit lifted
 FIELD_NAME_SHAPE = re.compile(r"[a-z_]{1,32}")
+_T = TypeVar("_T")
 
 
 class DocumentStorage(Protocol):
@@ -43,7 +45,8 @@ class TenantDirectory:
     """Tenants and their API keys, kept whole in one document of the store (tenants.json).
 
     Changes are serialized by one lock. Each builds the new document, writes it whole and durably, and only then
-    publishes it, so a failed write changes nothing and an acknowledged change survives kill -9. Readers use the
+    publishes it, so a failed write changes nothing and an acknowledged change survives kill -9. On a shared store
+    (S3) a write another process beat is redone, checks included, on the document as re-read. Readers use the
     published document without the lock (it is never mutated): `authenticate`, on every request, never waits for
     an admin change's fsync.
     """
@@ -55,47 +58,57 @@ class TenantDirectory:
         self._is_loaded = False  # no change is written before the document on disk has been read
 
     def load(self) -> None:
-        """Read the directory from the store (none yet: empty). A damaged document raises StorageError."""
+        """Read the directory from the store (none yet: empty); again whenever another process changed it. A
+        damaged document raises StorageError and leaves the directory as it was."""
         with self._lock:
-            data = self._storage.read_document(TENANTS_DOCUMENT)
-            try:
-                document = TenantDocument() if data is None else TenantDocument.from_json(data)
-            except ValueError as exc:
-                # Starting empty would drop every tenant and key at the next write: refuse, and leave the file alone.
-                raise StorageError(
-                    f"{TENANTS_DOCUMENT} is damaged ({str(exc)[:160]}); the server refuses to start rather than "
-                    "overwrite it: restore it from a backup or repair it"
-                ) from None
-            self._document, self._is_loaded = document, True
+            self._load_locked()
+
+    def _load_locked(self) -> None:
+        data = self._storage.read_document(TENANTS_DOCUMENT)
+        try:
+            document = TenantDocument() if data is None else TenantDocument.from_json(data)
+        except ValueError as exc:
+            # Starting empty would drop every tenant and key at the next write: refuse, and leave the file alone.
+            raise StorageError(
+                f"{TENANTS_DOCUMENT} is damaged ({str(exc)[:160]}); the server refuses to start rather than "
+                "overwrite it: restore it from a backup or repair it"
+            ) from None
+        self._document, self._is_loaded = document, True
 
     # ---- tenants -------------------------------------------------------------------------------------------
     def create_tenant(self, name: str, weight: float = 1.0, quota: TenantQuota = NO_QUOTA) -> Tenant:
         tenant = Tenant(check_tenant_name(name), check_weight(weight), check_quota(quota), time.time())
-        with self._lock:
-            if name in self._document.tenants:
+
+        def build(document: TenantDocument) -> tuple[TenantDocument, Tenant]:
+            if name in document.tenants:
                 raise ConflictError(f"tenant {name!r} exists")
-            self._commit(self._document.with_tenant(tenant))
-        return tenant
+            return document.with_tenant(tenant), tenant
+
+        return self._change(build)
 
     def update_tenant(self, name: str, changes: dict[str, object]) -> Tenant:
         """PATCH: only the fields named change; a quota set to None is lifted."""
         weight, quota_changes = _checked_changes(changes)
-        with self._lock:
-            current = _tenant_in(self._document, name)
+
+        def build(document: TenantDocument) -> tuple[TenantDocument | None, Tenant]:
+            current = _tenant_in(document, name)
             updated = replace(
                 current,
                 weight=current.weight if weight is None else weight,
                 quota=replace(current.quota, **quota_changes),
             )
-            if updated != current:
-                self._commit(self._document.with_tenant(updated))
-        return updated
+            return (None if updated == current else document.with_tenant(updated)), updated
+
+        return self._change(build)
 
     def delete_tenant(self, name: str) -> None:
         """Removes the tenant and its keys. Whether it still owns tasks is the caller's to check first."""
-        with self._lock:
-            _tenant_in(self._document, name)
-            self._commit(self._document.without_tenant(name))
+
+        def build(document: TenantDocument) -> tuple[TenantDocument, None]:
+            _tenant_in(document, name)
+            return document.without_tenant(name), None
+
+        self._change(build)
 
     def get_tenant(self, name: str) -> Tenant:
         return _tenant_in(self._document, name)
@@ -112,11 +125,13 @@ class TenantDirectory:
         now = time.time() if now is None else now
         checked_scopes, checked_expiry = check_scopes(scopes), check_expiry(expires_at, now)
         secret = KEY_PREFIX + secrets.token_urlsafe(SECRET_BYTES)
-        with self._lock:
-            _tenant_in(self._document, tenant)
-            info = KeyInfo(self._new_key_id(), tenant, checked_scopes, now, checked_expiry)
-            self._commit(self._document.with_key(StoredKey(info, secret_sha256(secret))))
-        return NewKey(info, secret)
+
+        def build(document: TenantDocument) -> tuple[TenantDocument, KeyInfo]:
+            _tenant_in(document, tenant)
+            info = KeyInfo(_new_key_id(document), tenant, checked_scopes, now, checked_expiry)
+            return document.with_key(StoredKey(info, secret_sha256(secret))), info
+
+        return NewKey(self._change(build), secret)
 
     def list_keys(self, tenant: str) -> list[KeyInfo]:
         """The tenant's keys, oldest first; expired ones included (they are revoked explicitly)."""
@@ -127,12 +142,15 @@ class TenantDirectory:
 
     def revoke_key(self, tenant: str, key_id: str) -> None:
         """The key stops authenticating once this returns. Another tenant's key is, to this one, no such key."""
-        with self._lock:
-            _tenant_in(self._document, tenant)
-            key = self._document.keys.get(key_id)
+
+        def build(document: TenantDocument) -> tuple[TenantDocument, None]:
+            _tenant_in(document, tenant)
+            key = document.keys.get(key_id)
             if key is None or key.info.tenant != tenant:
                 raise UnknownTenantError(f"tenant {tenant!r} has no such key")  # the id is not echoed: a secret?
-            self._commit(self._document.without_key(key_id))
+            return document.without_key(key_id), None
+
+        self._change(build)
 
     def authenticate(self, secret: str, now: float | None = None) -> KeyInfo | None:
         """The live key `secret` is, or None: not ours, unknown, expired, revoked, or its tenant deleted."""
@@ -153,18 +171,28 @@ class TenantDirectory:
         return key.info
 
     # ---- helpers -------------------------------------------------------------------------------------------
-    def _commit(self, document: TenantDocument) -> None:
-        """Write the whole new document, then publish it. The caller holds the lock."""
+    def _change(self, build: Callable[[TenantDocument], tuple[TenantDocument | None, _T]]) -> _T:
+        """Build the new document from the published one (None: nothing changes), write it whole, then publish
+        it. A write another process beat (a shared store) is redone on the document as the store holds it now."""
         if not self._is_loaded:  # a bug in the caller; a write now would replace a document nobody has read
             raise RuntimeError("TenantDirectory.load() must succeed before any change")
-        self._storage.write_document(TENANTS_DOCUMENT, document.to_json())
-        self._document = document
 
-    def _new_key_id(self) -> str:
-        while True:  # 64 random bits: a repeat is all but impossible, but an id must name one key
-            key_id = f"key-{secrets.token_hex(8)}"
-            if key_id not in self._document.keys:
-                return key_id
+        def attempt() -> _T:
+            document, result = build(self._document)
+            if document is not None:
+                self._storage.write_document(TENANTS_DOCUMENT, document.to_json())
+                self._document = document
+            return result
+
+        with self._lock:
+            return retry_on_conflict(attempt, self._load_locked)
+
+
+def _new_key_id(document: TenantDocument) -> str:
+    while True:  # 64 random bits: a repeat is all but impossible, but an id must name one key
+        key_id = f"key-{secrets.token_hex(8)}"
+        if key_id not in document.keys:
+            return key_id
 
 
 def secret_sha256(secret: str) -> str:

@@ -159,6 +159,7 @@ _STORE_ENV = {
     "versions_kept": ("PROMPTSWAP_VERSIONS_KEPT", int),
     "host_cache_tasks": ("PROMPTSWAP_HOST_CACHE_TASKS", int),
     "host_cache_bytes": ("PROMPTSWAP_HOST_CACHE_BYTES", int),
+    "poll_interval_s": ("PROMPTSWAP_STORE_POLL_INTERVAL_S", float),  # a shared (S3) store's change polling
 }
 
 

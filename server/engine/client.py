@@ -16,6 +16,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, cast
 
 from prompt_store.access import ANONYMOUS, Caller
+from prompt_store.store_poller import StorePoller
 from server.config import ServerConfig
 from server.engine.errors import EngineNotReadyError, QueueFullError, RequestValidationError
 from server.engine.request import EngineStats, GenerationRequest, RequestOutput, ResponseFormat, SamplingParams
@@ -86,6 +87,7 @@ class EngineClient:
         self.is_draining = False  # the one draining flag: the HTTP layer's ServiceState reads it here
         self._is_stopping = False
         self._thread: threading.Thread | None = None
+        self._store_poller: StorePoller | None = None  # other replicas' changes to a shared store, once loaded
 
     # ---- lifecycle ----
 
@@ -110,6 +112,9 @@ class EngineClient:
         from server.engine.bootstrap import build_engine
 
         self.engine, self.registry, self.tokenizer = build_engine(self.config)
+        if self.registry.is_shared:  # other replicas write the store too (S3): apply their changes as they come
+            self._store_poller = StorePoller(self.registry, self.config.store.poll_interval_s)
+            self._store_poller.start()
 
     def _loop(self) -> None:
         engine = self.engine
@@ -150,6 +155,8 @@ class EngineClient:
                 self.engine.abort(request_id)
             self.wait_idle(5.0)
         self._is_stopping = True
+        if self._store_poller is not None:
+            self._store_poller.stop()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5.0)
 

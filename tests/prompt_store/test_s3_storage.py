@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from prompt_store.documents import TENANTS_DOCUMENT
-from prompt_store.errors import StorageConflictError, StorageError
+from prompt_store.errors import StorageConflictError, StorageError, UnknownTaskError
 from prompt_store.manifest import TaskManifest
 from prompt_store.registry import PromptRegistry
 from prompt_store.s3_storage import S3Storage
@@ -56,17 +56,17 @@ def _catalogue(registry) -> dict[str, list[int]]:
 
 
 # ---- two writers on one bucket --------------------------------------------------------------------------------
-def test_two_writers_creating_one_task_one_wins(open_registry, adapters, second_adapters, files):
+def test_two_writers_creating_one_task_both_succeed(open_registry, adapters, second_adapters, files):
     first, second = open_registry(), open_registry()
     one, two = adapters["llama/prefix"], second_adapters["llama/prefix"]
     assert _upload(first, "t", one).version == 1
-    with pytest.raises(StorageConflictError, match="another writer"):
-        _upload(second, "t", two)  # it numbers its version 1 too: the version objects refuse it
-    assert not second.has_task("t")
-    assert files.names("t") == {"manifest.json", "v1"}
+    result = _upload(second, "t", two)  # numbered 1 too: refused by the version objects, re-read, renumbered
+    assert (result.version, result.created) == (2, False)
+    assert files.names("t") == {"manifest.json", "v1", "v2"}
     assert files.read("tasks/t/v1/adapter_model.safetensors") == one.model_bytes
+    assert files.read("tasks/t/v2/adapter_model.safetensors") == two.model_bytes
     restarted = open_registry()
-    assert _catalogue(restarted) == {"t": [1]} and restarted.load() == []
+    assert _catalogue(restarted) == {"t": [1, 2]} and restarted.load() == []
 
 
 def test_a_manifest_is_created_once(seaweedfs, s3_bucket, open_registry, adapters, files):
@@ -82,21 +82,26 @@ def test_a_manifest_is_created_once(seaweedfs, s3_bucket, open_registry, adapter
     assert files.names("t") == {"manifest.json", "v1"}  # the loser removed the version objects it wrote
 
 
-def test_an_update_with_a_stale_etag_changes_nothing(open_registry, adapters, second_adapters, files):
+def test_a_change_with_a_stale_etag_is_redone_on_the_fresh_manifest(open_registry, adapters, second_adapters, files):
     first = open_registry()
     _upload(first, "t", adapters["llama/prefix"])
     _upload(first, "t", second_adapters["llama/prefix"])
     second = open_registry()  # both have read the manifest: versions 1 and 2, 2 active
     first.activate("t", 1)  # first's commit moves the ETag on
-    manifest = files.read("tasks/t/manifest.json")
-    with pytest.raises(StorageConflictError):
-        second.activate("t", 1)  # second's commit still names the old ETag
-    with pytest.raises(StorageConflictError):
-        second.delete("t")  # so does its conditional delete
-    assert files.read("tasks/t/manifest.json") == manifest
-    assert files.names("t") == {"manifest.json", "v1", "v2"}
-    restarted = open_registry()
-    assert _catalogue(restarted) == {"t": [1, 2]} and restarted.get_task("t").active_version == 1
+    assert second.activate("t", 2).active_version == 2  # refused, re-read, done again: 2 is still kept
+    assert first.refresh() == 1 and first.get_task("t").active_version == 2
+
+    _upload(first, "t", adapters["llama/prefix"])
+    _upload(first, "t", adapters["llama/prefix"])  # versions_kept=2: version 1 is pruned
+    with pytest.raises(UnknownTaskError, match="no version 1"):
+        second.activate("t", 1)  # against the fresh manifest: the version it named is gone
+    assert _catalogue(second) == {"t": [2, 3, 4]}
+
+    first.activate("t", 3)
+    second.delete("t")  # stale again: refused, re-read, deleted
+    assert files.names("t") == set()
+    assert first.refresh() == 1 and not first.has_task("t")
+    assert _upload(first, "t", adapters["llama/prefix"]).version == 5  # the numbering continues
 
 
 def test_version_marks_of_two_writers_are_merged(open_registry, adapters, files):

@@ -51,3 +51,12 @@ def test_the_store_is_a_directory_or_an_s3_url():
     for bad in ("s3://", "s3://Bad_Bucket/p", "s3://prompt-bucket/a//b"):
         with pytest.raises(ConfigError, match="--store"):
             load_config(flags={"store": bad}, environ={})
+
+
+def test_a_shared_store_is_polled_every_half_second_unless_set():
+    assert load_config(flags={}, environ={}).store.poll_interval_s == 0.5
+    environ = {"PROMPTSWAP_STORE_POLL_INTERVAL_S": "0.1"}
+    assert load_config(flags={}, environ=environ).store.poll_interval_s == 0.1
+    for bad in ("0", "-1", "soon"):
+        with pytest.raises(ConfigError, match="poll_interval_s|PROMPTSWAP_STORE_POLL_INTERVAL_S"):
+            load_config(flags={}, environ={"PROMPTSWAP_STORE_POLL_INTERVAL_S": bad})
