@@ -10,6 +10,12 @@
 #   docker build -t promptswap:cuda \
 #       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 --build-arg EXTRAS="[triton]" .
 #
+# N replicas behind one endpoint on Ray Serve, on a shared S3 store (docs/deployment.md): build with the extra
+# `cluster` (`--build-arg EXTRAS="[cluster]"`, or "[cluster,triton]" for CUDA) and run the other command:
+#   docker run -p 8000:8000 --shm-size=1g -e PROMPTSWAP_S3_ENDPOINT=http://s3.internal:9000 \
+#              -e AWS_ACCESS_KEY_ID=... -e AWS_SECRET_ACCESS_KEY=... -e PROMPTSWAP_ADMIN_TOKEN=change-me-please \
+#              promptswap serve-cluster --replicas 2 --store s3://BUCKET/PREFIX --host 0.0.0.0 --port 8000
+#
 # The default model (SmolLM2-135M-Instruct) is fetched and converted on first start into the cache volume;
 # --build-arg PRELOAD_MODEL=1 bakes it into the image instead (a new named volume starts with the image's copy).
 FROM python:3.11-slim

@@ -1,4 +1,4 @@
-"""`promptswap serve | upload | list | tenant … | key …`."""
+"""`promptswap serve | serve-cluster | upload | list | tenant … | key …`."""
 
 from __future__ import annotations
 
@@ -45,6 +45,14 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the inference server")
     add_serve_flags(serve)
     serve.set_defaults(run=_serve)
+
+    cluster = commands.add_parser("serve-cluster", help="run N engine replicas behind one endpoint on Ray Serve")
+    add_serve_flags(cluster)
+    cluster.add_argument("--replicas", type=int, default=2, help="engine replicas (default 2; >1 needs an s3:// store)")
+    cluster.add_argument("--ray-address", dest="ray_address", help="join this Ray cluster (default: start a local one)")
+    cluster.add_argument("--num-cpus", dest="num_cpus", type=int, help="CPUs of the local Ray (default: all)")
+    cluster.add_argument("--replica-gpus", dest="replica_gpus", type=float, default=0.0, help="GPUs per replica")
+    cluster.set_defaults(run=_serve_cluster)
 
     upload = commands.add_parser("upload", help="upload a PEFT adapter folder as TASK to a running server")
     upload.add_argument("task")
@@ -100,15 +108,34 @@ def _add_client_flags(parser: argparse.ArgumentParser, with_api_key: bool = True
         parser.add_argument("--api-key", dest="api_key", help="a tenant API key with prompts:write, for its own tasks")
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve_config(args: argparse.Namespace) -> ServerConfig:
     names = ("model", "model_id", "host", "port", "store", "admin_token", "require_api_key", "audit_log")
-    flags = {name: getattr(args, name) for name in names}
-    config = load_config(flags)
+    return load_config({name: getattr(args, name) for name in names})
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = _serve_config(args)
     # Held for the life of the process, so a second server on this store fails here, before it binds its port.
     if config.store.s3 is None:  # an object store has no lock: its writes are conditional (s3_storage.py)
         StoreLock(config.store.directory)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return run_server(config, EngineClient(config))
+
+
+def _serve_cluster(args: argparse.Namespace) -> int:
+    config = _serve_config(args)
+    try:
+        from server.cluster.cluster_app import ClusterOptions, run_cluster  # ray comes with the extra `cluster`
+    except ImportError as exc:
+        raise ConfigError(f"serve-cluster needs Ray Serve: pip install 'promptswap[cluster]' ({exc})") from None
+    options = ClusterOptions(
+        num_replicas=args.replicas,
+        ray_address=args.ray_address,
+        num_cpus=args.num_cpus,
+        replica_num_gpus=args.replica_gpus,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_cluster(config, options)
 
 
 def _upload(args: argparse.Namespace) -> int:

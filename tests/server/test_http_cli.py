@@ -17,3 +17,10 @@ def test_client_commands_report_what_failed(tmp_path, capsys):
     assert f"cannot read {tmp_path / 'adapter_config.json'}" in capsys.readouterr().err
     assert main(["list", "--url", free_port_url(), "--admin-token", "some-token-value"]) == 1
     assert "cannot reach http://127.0.0.1:" in capsys.readouterr().err
+
+
+def test_serve_cluster_refuses_several_replicas_on_a_directory_store(tmp_path, capsys):
+    assert main(["serve-cluster", "--replicas", "2", "--store", str(tmp_path / "store")]) == 2
+    assert "--replicas 2 needs a shared prompt store" in capsys.readouterr().err
+    assert main(["serve-cluster", "--replicas", "0", "--store", str(tmp_path / "store")]) == 2
+    assert "--replicas must be at least 1" in capsys.readouterr().err

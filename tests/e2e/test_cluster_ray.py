@@ -1,0 +1,200 @@
+"""`serve-cluster` on a real local Ray and a real SeaweedFS: two engine replicas on one S3 store behind one ingress.
+
+Uploads go through the ingress, routed by task to the replica that then holds it; every task here is queried
+through the same routing, so no test depends on store propagation between replicas (prompt_store's poller).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import ray
+from prometheus_client.parser import text_string_to_metric_families
+from ray import serve
+
+from server.cluster.cluster_app import ClusterOptions, start_cluster
+from server.config import load_config
+from tests.e2e.server_process import ADMIN_TOKEN, free_port, sse_payloads
+from tests.e2e.store_client import adapter_bytes, generate, put_prompt
+
+ADAPTERS = {"alpha": ("PROMPT_TUNING", {}), "beta": ("PREFIX_TUNING", {"prefix_projection": True})}
+PROMPT = "two replicas share one bucket"
+MAX_NEW_TOKENS = 6
+NUM_REPLICAS = 2
+REPLICA_HEADER = "X-Promptswap-Replica"
+AFFINITY_TASKS = [f"zipf-{rank}" for rank in range(5)]
+AFFINITY_REQUESTS = 40
+# Replicas report the tasks they hold to Ray's routers every 0.1 s (through the controller): a task's first requests
+# after its upload may go anywhere until then.
+MULTIPLEX_PUSH_S = 1.0
+READY_TIMEOUT_S = 240  # two replicas import torch and load the model on a busy 2-core machine
+
+
+@dataclass
+class ClusterEndpoint:
+    url: str
+    admin_token: str
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_llama_dir, seaweedfs, tmp_path_factory):
+    work_dir = tmp_path_factory.mktemp("cluster")
+    saved_environ = dict(os.environ)
+    os.environ.update(seaweedfs.env)  # the replicas' boto3 credentials: Ray's workers inherit this environment
+    environ = seaweedfs.env | {"PROMPTSWAP_KV_BLOCKS": "256", "PROMPTSWAP_MAX_MODEL_LEN": "512"}
+    port = free_port()
+    flags = {
+        "model": str(tiny_llama_dir),
+        "host": "127.0.0.1",
+        "port": port,
+        "store": f"s3://{seaweedfs.new_bucket()}/prompts",
+        "admin_token": ADMIN_TOKEN,
+        "audit_log": work_dir / "audit.log",
+    }
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2)
+    try:
+        start_cluster(load_config(flags, environ), ClusterOptions(num_replicas=NUM_REPLICAS))
+        endpoint = ClusterEndpoint(f"http://127.0.0.1:{port}", ADMIN_TOKEN)
+        _wait_ready(endpoint)
+        yield endpoint
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        os.environ.clear()
+        os.environ.update(saved_environ)
+
+
+@pytest.fixture(scope="module")
+def client(cluster):
+    with httpx.Client(base_url=cluster.url, timeout=120) as client:
+        yield client
+
+
+def _wait_ready(endpoint: ClusterEndpoint) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while _num_ready(endpoint) < NUM_REPLICAS:
+        assert time.monotonic() < deadline, f"{NUM_REPLICAS} replicas not ready in {READY_TIMEOUT_S} s"
+        time.sleep(0.5)
+
+
+def _num_ready(endpoint: ClusterEndpoint) -> int:
+    try:
+        response = httpx.get(f"{endpoint.url}/ready", timeout=5)
+    except httpx.TransportError:
+        return 0
+    if response.status_code != 200:
+        return 0
+    return sum(status == "ready" for status in response.json()["replicas"].values())
+
+
+def test_uploaded_tasks_give_peft_tokens_through_the_ingress(cluster, client, adapters, references):
+    for task, path in adapters.items():
+        upload = put_prompt(client, cluster, task, *adapter_bytes(path))
+        assert upload.status_code == 201, upload.text
+        assert upload.headers[REPLICA_HEADER]
+        assert generate(client, task, PROMPT, MAX_NEW_TOKENS).token_ids == references[task]
+
+
+def test_a_tasks_requests_stay_on_the_replica_that_holds_it(cluster, client, adapters):
+    config_bytes, model_bytes = adapter_bytes(adapters["alpha"])
+    home = {}
+    for task in AFFINITY_TASKS:
+        upload = put_prompt(client, cluster, task, config_bytes, model_bytes)
+        assert upload.status_code == 201, upload.text
+        home[task] = upload.headers[REPLICA_HEADER]
+    time.sleep(MULTIPLEX_PUSH_S)
+    mix = random.Random(17).choices(AFFINITY_TASKS, weights=[1 / (rank + 1) for rank in range(5)], k=AFFINITY_REQUESTS)
+    served_by = []
+    for task in mix:
+        body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 2}}
+        response = client.post("/v1/generate", params={"task": task}, json=body)
+        served_by.append(response.headers[REPLICA_HEADER])
+        if served_by[-1] == home[task]:
+            assert response.status_code == 200, response.text
+    hit_rate = sum(replica == home[task] for task, replica in zip(mix, served_by)) / len(mix)
+    print(f"affinity: {hit_rate:.0%} of {len(mix)} requests on their task's replica; mix {Counter(mix)}")
+    print(f"tasks per replica: {Counter(home.values())}")
+    assert hit_rate >= 0.8, (hit_rate, home, list(zip(mix, served_by)))  # 1 / NUM_REPLICAS without affinity
+
+
+def test_a_stream_comes_through_the_ingress_event_by_event(client, adapters, references):
+    body = {"inputs": PROMPT, "parameters": {"max_new_tokens": MAX_NEW_TOKENS}, "stream": True}
+    with client.stream("POST", "/v1/generate", params={"task": "alpha"}, json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers[REPLICA_HEADER]
+        events = sse_payloads(response.iter_lines())
+    assert events[-1] == "[DONE]"
+    tokens = [event["token"]["id"] for event in events[:-1]]
+    assert tokens == references["alpha"] and len(tokens) > 1
+    assert events[-2]["details"]["generated_tokens"] == len(tokens)
+
+
+def test_metrics_through_the_ingress_label_every_replica(client):
+    replica_ids = set(client.get("/ready").json()["replicas"])
+    assert len(replica_ids) == NUM_REPLICAS
+    for _ in range(2 * NUM_REPLICAS):  # base-model requests: Ray spreads them by queue length
+        client.post("/v1/generate", json={"inputs": PROMPT, "parameters": {"max_new_tokens": 1}})
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    families = {family.name: family for family in text_string_to_metric_families(response.text)}
+    requests = families["promptswap_requests"]
+    assert {sample.labels["replica"] for sample in requests.samples} == replica_ids
+    assert all("replica" in sample.labels for family in families.values() for sample in family.samples)
+
+
+def test_health_answers_for_every_replica(client):
+    response = client.get("/health")
+    assert response.status_code == 200, response.text
+    assert len(response.json()["replicas"]) == NUM_REPLICAS
+
+
+def test_a_killed_replica_is_restarted_and_the_other_keeps_serving(cluster, client, adapters):
+    upload = put_prompt(client, cluster, "steady", *adapter_bytes(adapters["beta"]))
+    assert upload.status_code == 201, upload.text
+    survivor = upload.headers[REPLICA_HEADER]
+    replica_ids = set(client.get("/ready").json()["replicas"])
+    (victim,) = replica_ids - {survivor}
+    time.sleep(MULTIPLEX_PUSH_S)
+
+    answers: list[tuple[int, str]] = []
+    is_done = threading.Event()
+
+    def steady_traffic() -> None:
+        with httpx.Client(base_url=cluster.url, timeout=120) as traffic:
+            while not is_done.is_set():
+                body = {"inputs": PROMPT, "parameters": {"max_new_tokens": MAX_NEW_TOKENS}}
+                response = traffic.post("/v1/generate", params={"task": "steady"}, json=body)
+                answers.append((response.status_code, response.headers.get(REPLICA_HEADER, "")))
+
+    traffic_thread = threading.Thread(target=steady_traffic)
+    traffic_thread.start()
+    try:
+        time.sleep(1.0)
+        ray.kill(_replica_actor(victim))
+        _wait_ready(cluster)  # Ray Serve has started a new replica in the killed one's place
+        restarted = set(client.get("/ready").json()["replicas"])
+    finally:
+        is_done.set()
+        traffic_thread.join()
+    assert victim not in restarted and survivor in restarted and len(restarted) == NUM_REPLICAS
+    assert answers and all(answer == (200, survivor) for answer in answers), Counter(answers)
+    print(f"replica {victim} killed and replaced; {len(answers)} requests on {survivor} meanwhile, all 200")
+
+
+def _replica_actor(replica_id: str):
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["name"].endswith(f"#{replica_id}"):
+            return ray.get_actor(actor["name"], namespace=actor["namespace"])
+    raise AssertionError(f"no actor for replica {replica_id}")
