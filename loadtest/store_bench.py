@@ -1,12 +1,15 @@
 """Prompt store benchmark against a real `promptswap serve` on loopback (not a timed test).
 
     python -m loadtest.store_bench [--model smollm2-135m-instruct] [--uploads 50] [--virtual-tokens 20,100]
-        [--startup-tasks 10000] [--cold-tasks 10] [--json FILE]
+        [--startup-tasks 10000] [--cold-tasks 10] [--s3 s3://BUCKET/PREFIX --s3-endpoint URL] [--json FILE]
 
 1. Upload-to-servable latency, per PEFT type and prompt length: a task gets `--uploads` new versions, one after
    another (two different random adapters alternating; the store prunes as it goes). For each: PUT time (validate,
    write durably, activate), and PUT start -> the first successful generation (1 new token) that reports the new
    version. p50/p90/p99/max.
+   With `--s3`, the same uploads again against a second server whose store is that bucket (an S3-compatible
+   server you started, e.g. SeaweedFS's `weed mini`; credentials from the AWS variables), in the same run, and the
+   ratio of their p50s to the local store's.
 2. Start-up with `--startup-tasks` stored tasks (half prompt tuning, half prefix tuning), and the latency of a cold
    task's first request (never used: read from disk, parsed, placed on the device, and for prompt tuning its
    virtual tokens' K/V computed) against the same request again (warm) and the base model.
@@ -76,7 +79,7 @@ class UploadResult:
 class Server:
     """`python -m server serve` on a free loopback port, its log in `log_path`."""
 
-    def __init__(self, model: str, store: Path, log_path: Path, env: dict[str, str] | None = None):
+    def __init__(self, model: str, store: Path | str, log_path: Path, env: dict[str, str] | None = None):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
@@ -177,6 +180,19 @@ def bench_uploads(client: httpx.Client, adapters: dict, num_uploads: int) -> lis
     return results
 
 
+def bench_s3_uploads(args, adapters: dict, lengths: list[int], work: Path) -> list[UploadResult]:
+    env = {"PROMPTSWAP_STORE": args.s3}
+    if args.s3_endpoint:
+        env["PROMPTSWAP_S3_ENDPOINT"] = args.s3_endpoint
+    server = Server(args.model, args.s3, work / "server-s3.log", env)
+    print(f"S3 server ready in {server.ready_s:.1f} s ({args.s3}); {args.uploads} uploads each", flush=True)
+    try:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            return bench_uploads(client, {k: v for k, v in adapters.items() if k[1] in lengths}, args.uploads)
+    finally:
+        server.stop()
+
+
 # ---- 2. start-up and cold tasks --------------------------------------------------------------------------------
 def build_store(store: Path, model, adapters: dict, num_tasks: int) -> list[str]:
     """`num_tasks` tasks (kinds alternating, 20 virtual tokens); returns their names."""
@@ -250,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--virtual-tokens", default="20,100", help="prompt lengths, comma-separated")
     parser.add_argument("--startup-tasks", type=int, default=10_000, help="0: skip the start-up benchmark")
     parser.add_argument("--cold-tasks", type=int, default=10, help="cold tasks timed per kind")
+    parser.add_argument("--s3", help="also time the uploads on a server whose store is s3://BUCKET/PREFIX")
+    parser.add_argument("--s3-endpoint", help="the S3-compatible server's URL (PROMPTSWAP_S3_ENDPOINT)")
     parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -275,11 +293,25 @@ def main(argv: list[str] | None = None) -> int:
                     uploads = bench_uploads(client, timed, args.uploads)
             finally:
                 server.stop()
+        s3_uploads = []
+        if args.uploads and args.s3:
+            s3_uploads = bench_s3_uploads(args, adapters, lengths, work)
+            for local, s3 in zip(uploads, s3_uploads, strict=True):
+                put, servable = s3.put.p50_ms / local.put.p50_ms, s3.servable.p50_ms / local.servable.p50_ms
+                print(
+                    f"S3 / local, {local.peft_type} p={local.num_virtual_tokens}: "
+                    f"p50 PUT {put:.2f}x, servable {servable:.2f}x"
+                )
         startup = None
         if args.startup_tasks:
             startup = bench_startup(args.model, model, adapters, work, args.startup_tasks, args.cold_tasks)
     if args.json:
-        document = {"model": args.model, "uploads": [asdict(result) for result in uploads], "startup": startup}
+        document = {
+            "model": args.model,
+            "uploads": [asdict(result) for result in uploads],
+            "s3_uploads": [asdict(result) for result in s3_uploads],
+            "startup": startup,
+        }
         args.json.write_text(json.dumps(document, indent=1))
     return 0
 
