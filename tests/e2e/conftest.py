@@ -1,8 +1,9 @@
 """What the end-to-end modules share: one real server per module, a client to it, adapters and PEFT's references.
 
 A module tunes them with module-level names: SERVER_ENV (its server's environment), CLIENT_TIMEOUT_S, ADAPTERS
-(name -> (peft_type, training options)), PROMPT and MAX_NEW_TOKENS (what `references` asks PEFT for). Modules whose
-tests each start their own server (drain, kill -9, start-up) use `start_server` directly.
+(name -> (peft_type, training options)), PROMPT and MAX_NEW_TOKENS (what `references` asks PEFT for). The server's
+store is a local directory; a module overriding `store_backend` with `params=BACKENDS` runs on a bucket too. Modules
+whose tests each start their own server (drain, kill -9, start-up) use `start_server` directly.
 """
 
 from __future__ import annotations
@@ -13,14 +14,27 @@ import httpx
 import pytest
 from transformers import AutoTokenizer
 
+from tests.e2e.served_store import ServedStore, served_store
 from tests.e2e.server_process import start_server
 from tests.support.reference import peft_greedy
 
 
 @pytest.fixture(scope="module")
-def server(request, tiny_llama_dir, tmp_path_factory):
-    work_dir = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
-    server = start_server(tiny_llama_dir, work_dir, env=getattr(request.module, "SERVER_ENV", None))
+def store_backend() -> str:
+    """Where the module's server keeps its store: "local" (a directory), or "s3" (a bucket of the session's
+    SeaweedFS)."""
+    return "local"
+
+
+@pytest.fixture(scope="module")
+def store(request, store_backend, tmp_path_factory) -> ServedStore:
+    work_dir = tmp_path_factory.mktemp(f"{request.module.__name__.rpartition('.')[2]}-{store_backend}")
+    return served_store(request, store_backend, work_dir)
+
+
+@pytest.fixture(scope="module")
+def server(request, store, tiny_llama_dir):
+    server = start_server(tiny_llama_dir, store.work_dir, env=getattr(request.module, "SERVER_ENV", {}) | store.env)
     yield server
     assert server.stop() == 0, server.log()
 

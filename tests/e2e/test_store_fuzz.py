@@ -2,7 +2,8 @@
 disguised safetensors (truncated, absurd header lengths, wrong names/shapes/dtypes, NaN/Inf, renamed pickles, a zip
 bomb), configs with wrong types or unsupported types, and bodies over the limits. Each gets a 4xx whose message names
 the problem; the store directory stays byte-for-byte the same, the catalogue too, and the server stays healthy.
-A pickle that would leave a file behind if anything unpickled it never does."""
+A pickle that would leave a file behind if anything unpickled it never does. A handful of them again against a server
+on a bucket (a real SeaweedFS): the bucket stays object-for-object the same."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prompt_store.task_names import is_valid_task_name
-from tests.e2e.store_client import adapter_bytes, list_tasks, put_prompt, store_digest
+from tests.e2e.served_store import ServedStore, served_store
+from tests.e2e.server_process import start_server
+from tests.e2e.store_client import adapter_bytes, list_tasks, put_prompt
 
 MAX_BODY_BYTES = 1_000_000
 MAX_FILE_BYTES = 300_000
@@ -53,12 +56,15 @@ def valid(tiny_llama_dir, adapter_factory) -> dict[str, tuple[bytes, bytes]]:
 
 
 @pytest.fixture(scope="module")
-def baseline(server, client, valid, tmp_path_factory):
+def baseline(server, client, valid, store):
+    return _stored_baseline(server, client, valid, store)
+
+
+def _stored_baseline(server, client, valid, store: ServedStore):
     """Two stored tasks, then what must never change: the store's digest and the catalogue."""
     for name, files in valid.items():
         assert put_prompt(client, server, f"kept-{name}", *files).status_code == 201
-    store = server.log_path.parent / "store"
-    return store, store_digest(store), list_tasks(client, server)
+    return store, store.digest(), list_tasks(client, server)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +79,7 @@ def _assert_refused_and_nothing_changed(response, baseline, client, server, prob
     assert body["error_type"] in ("validation", "too_large", "not_found"), body
     assert re.search(problem, body["error"]), (problem, body["error"])
     store, digest, catalogue = baseline
-    assert store_digest(store) == digest, "a refused upload changed the store directory"
+    assert store.digest() == digest, "a refused upload changed the store"
     assert list_tasks(client, server) == catalogue
     assert client.get("/health").status_code == 200
 
@@ -316,3 +322,53 @@ def test_malformed_multipart_bodies_are_refused(server, client, valid, baseline)
     for response in cases:
         problem = r"adapter_config|adapter_model|multipart|form|body|boundary"
         _assert_refused_and_nothing_changed(response, baseline, client, server, problem)
+
+
+# ---- the same refusals on a bucket -------------------------------------------------------------------------------
+BUCKET_CASES = ("traversal name", "encoded slash name", "truncated", "NaN", "pickle", "config array", "LORA", "too big")
+
+
+def _hostile_upload(case: str, server, client, valid) -> tuple[httpx.Response, str, int]:
+    """(the response to one hostile upload, a regex its error must match, its status)."""
+    config_bytes, model_bytes = valid["prompt"]
+    config = json.loads(config_bytes)
+    prompt = safetensors.torch.load(model_bytes)["prompt_embeddings"]
+    if case in ("traversal name", "encoded slash name"):
+        name, keep_slashes = ("../tasks/x", True) if case == "traversal name" else ("..%2F..%2Fetc", False)
+        return _put_raw_path(server, name, keep_slashes, valid["prompt"]), r"task name .* is invalid", 422
+    if case == "truncated":
+        return put_prompt(client, server, "fuzzed", config_bytes, model_bytes[:-7]), MODEL_PROBLEM, 422
+    if case == "NaN":
+        poisoned = prompt.clone()
+        poisoned.view(-1)[0] = float("nan")
+        nan_file = _safetensors({"prompt_embeddings": poisoned})
+        return put_prompt(client, server, "fuzzed", config_bytes, nan_file), r"NaN or infinite", 422
+    if case == "pickle":
+        return put_prompt(client, server, "fuzzed", config_bytes, pickle.dumps(prompt)), PICKLE_PROBLEM, 422
+    if case == "config array":
+        return put_prompt(client, server, "fuzzed", b"[1, 2]", model_bytes), r"adapter_config\.json", 422
+    if case == "LORA":
+        lora = json.dumps(config | {"peft_type": "LORA"}).encode()
+        return put_prompt(client, server, "fuzzed", lora, model_bytes), r"peft_type", 422
+    rows = MAX_FILE_BYTES // (4 * config["token_dim"]) + 1
+    too_many_rows = _safetensors({"prompt_embeddings": torch.zeros(rows, config["token_dim"])})
+    return put_prompt(client, server, "big", config_bytes, too_many_rows), r"bytes; the limit", 413
+
+
+@pytest.fixture(scope="module")
+def on_a_bucket(request, tiny_llama_dir, tmp_path_factory, valid):
+    """(server, client, baseline) like the module's, the server's store in a bucket."""
+    store = served_store(request, "s3", tmp_path_factory.mktemp("fuzz-s3"))
+    server = start_server(tiny_llama_dir, store.work_dir, env=SERVER_ENV | store.env)
+    try:
+        with httpx.Client(base_url=server.url, timeout=CLIENT_TIMEOUT_S) as client:
+            yield server, client, _stored_baseline(server, client, valid, store)
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+@pytest.mark.parametrize("case", BUCKET_CASES)
+def test_refused_uploads_leave_a_bucket_unchanged(on_a_bucket, valid, case):
+    server, client, baseline = on_a_bucket
+    response, problem, status = _hostile_upload(case, server, client, valid)
+    _assert_refused_and_nothing_changed(response, baseline, client, server, problem, status=(status,))

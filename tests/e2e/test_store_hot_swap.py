@@ -1,7 +1,8 @@
 """Hot swap under load: clients keep generating on one task while its versions are re-uploaded and re-activated
 many times. No request fails, each one gets exactly the PEFT output of one version (the one it reports, which was
 active at some moment while it was in flight), and once an upload or activate returns new requests get it. Also:
-a delete lets an admitted request finish on its version."""
+a delete lets an admitted request finish on its version. The server runs on a local directory, then on a bucket of a
+real SeaweedFS."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
+import pytest
 
 from tests.e2e.server_process import metric_value
 from tests.e2e.store_client import Generation, adapter_bytes, generate, list_tasks, put_prompt
 from tests.support.reference import peft_greedy
+from tests.support.seaweedfs import BACKENDS
 
 ADAPTERS = {  # the same training arguments as test_e2e_generation, so the session trains each once
     "prompt": ("PROMPT_TUNING", {}),
@@ -31,6 +34,11 @@ NUM_CLIENTS = 4
 NUM_SWAPS = 24
 LONG_NEW_TOKENS = 120  # a request long enough to be still running when its task is deleted
 SEED = 7
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def store_backend(request) -> str:
+    return request.param
 
 
 @dataclass(frozen=True)
@@ -129,11 +137,16 @@ def _active_while_in_flight(swaps: list[Swap], request: Served) -> set[int]:
     return {swap.active_version for swap in swaps[first : last + 1]}
 
 
-def test_delete_lets_an_admitted_request_finish_on_its_version(server, client, adapters, tiny_llama_dir, tokenizer):
+@pytest.fixture(scope="module")
+def long_reference(adapters, tiny_llama_dir, tokenizer) -> list[int]:
+    """PEFT's LONG_NEW_TOKENS for the prefix adapter: computed once for both backends (it takes seconds)."""
+    return peft_greedy(tiny_llama_dir, adapters["prefix"], tokenizer(PROMPT).input_ids, LONG_NEW_TOKENS)
+
+
+def test_delete_lets_an_admitted_request_finish_on_its_version(server, client, adapters, long_reference):
     task = "doomed"
     created = put_prompt(client, server, task, *adapter_bytes(adapters["prefix"]))
     assert created.status_code == 201, created.text
-    reference = peft_greedy(tiny_llama_dir, adapters["prefix"], tokenizer(PROMPT).input_ids, LONG_NEW_TOKENS)
     first_token = threading.Event()
     result: list[Generation] = []
 
@@ -157,6 +170,6 @@ def test_delete_lets_an_admitted_request_finish_on_its_version(server, client, a
     assert (refused.status_code, refused.json()["error_type"]) == (404, "not_found")
     thread.join(120)
     assert running >= 1, "the request finished before the delete: nothing was tested"
-    assert result == [Generation(reference, 1)]
+    assert result == [Generation(long_reference, 1)]
     recreated = put_prompt(client, server, task, *adapter_bytes(adapters["prompt"]))
     assert (recreated.status_code, recreated.json()["version"]) == (201, 2)  # numbers are never reused
