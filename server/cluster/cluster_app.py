@@ -44,8 +44,10 @@ def build_cluster_app(config: ServerConfig, options: ClusterOptions) -> Applicat
             f"--replicas {options.num_replicas} needs a shared prompt store: the directory {config.store.directory} "
             "belongs to one process; use --store s3://BUCKET/PREFIX (docs/deployment.md)"
         )
-    # Each replica may hold everything its engine admits and queues; Ray's own limit (default 5) must not bind first.
-    max_ongoing = config.max_waiting + config.engine.max_num_seqs
+    # Each replica may hold everything its app admits, so that the app's own 429 (with Retry-After) is what a flood
+    # meets, not an unbounded queue in Ray's router: prompts being prepared (the offload pool, up to max_waiting),
+    # waiting (up to max_waiting) and running (max_num_seqs). Ray's own limit (default 5) must not bind first.
+    max_ongoing = 2 * config.max_waiting + config.engine.max_num_seqs
     replicas = serve.deployment(
         name="EngineReplica",
         num_replicas=options.num_replicas,

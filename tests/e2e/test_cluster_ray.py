@@ -39,6 +39,13 @@ AFFINITY_REQUESTS = 40
 MULTIPLEX_PUSH_S = 1.0
 READY_TIMEOUT_S = 240  # two replicas import torch and load the model on a busy 2-core machine
 PROPAGATION_TIMEOUT_S = 10.0  # the contract is 2 s (p99); the margin is for a loaded 2-core machine
+# Small engine queues, so that a flood of one task overflows its replica's waiting queue (429) in a few requests.
+MAX_NUM_SEQS = 2
+MAX_WAITING = 2
+FLOOD_REQUESTS = 24
+# A generation far longer than the test waits for: the cancelled stream must end long before it could finish.
+LONG_MAX_NEW_TOKENS = 480  # the tiny model's context is 512
+CANCEL_SETTLE_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -56,7 +63,12 @@ def cluster(tiny_llama_dir, seaweedfs, tmp_path_factory):
     work_dir = tmp_path_factory.mktemp("cluster")
     saved_environ = dict(os.environ)
     os.environ.update(seaweedfs.env)  # the replicas' boto3 credentials: Ray's workers inherit this environment
-    environ = seaweedfs.env | {"PROMPTSWAP_KV_BLOCKS": "256", "PROMPTSWAP_MAX_MODEL_LEN": "512"}
+    environ = seaweedfs.env | {
+        "PROMPTSWAP_KV_BLOCKS": "256",
+        "PROMPTSWAP_MAX_MODEL_LEN": "512",
+        "PROMPTSWAP_MAX_NUM_SEQS": str(MAX_NUM_SEQS),
+        "PROMPTSWAP_MAX_WAITING": str(MAX_WAITING),
+    }
     port = free_port()
     flags = {
         "model": str(tiny_llama_dir),
@@ -188,6 +200,98 @@ def test_an_upload_through_the_ingress_is_served_by_every_replica(cluster, clien
         time.sleep(0.1)
     print(f"upload served by all {NUM_REPLICAS} replicas {time.monotonic() - uploaded_at:.2f} s after it returned")
     assert all(json.loads(answer.body)["generated_text"] == expected for answer in answers)
+
+
+def test_429_back_pressure_comes_through_the_ingress_unchanged(cluster, client, adapters):
+    """A flood of one task, TGI and OpenAI routes mixed: the overflow is refused by the replica's engine (429 with
+    Retry-After and the route's error body), passed through as it is; the cluster serves normally afterwards."""
+    upload = put_prompt(client, cluster, "flood", *adapter_bytes(adapters["alpha"]))
+    assert upload.status_code == 201, upload.text
+    time.sleep(MULTIPLEX_PUSH_S)
+    start = threading.Barrier(FLOOD_REQUESTS)
+    answers: dict[int, tuple[bool, httpx.Response]] = {}
+
+    def one_request(index: int) -> None:
+        is_openai = index % 2 == 1
+        with httpx.Client(base_url=cluster.url, timeout=120) as flood:
+            start.wait()
+            if is_openai:
+                body = {"model": "flood", "prompt": PROMPT, "max_tokens": 64, "ignore_eos": True}
+                answers[index] = (True, flood.post("/v1/completions", json=body))
+            else:
+                body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 64}}
+                answers[index] = (False, flood.post("/v1/generate", params={"task": "flood"}, json=body))
+
+    threads = [threading.Thread(target=one_request, args=(index,)) for index in range(FLOOD_REQUESTS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(answers) == FLOOD_REQUESTS
+    statuses = Counter(response.status_code for _, response in answers.values())
+    print(f"flood of {FLOOD_REQUESTS} requests for one task: {dict(statuses)}")
+    assert set(statuses) <= {200, 429} and statuses[200] > 0 and statuses[429] > 0, statuses
+    for is_openai, response in answers.values():
+        assert response.headers[REPLICA_HEADER]
+        if response.status_code != 429:
+            continue
+        assert int(response.headers["Retry-After"]) >= 1
+        assert response.headers["content-type"].startswith("application/json")
+        if is_openai:
+            error = response.json()["error"]
+            assert error["type"] == "rate_limit_error" and error["code"] == "rate_limit_exceeded", error
+            assert error["message"]
+        else:
+            assert response.json()["error_type"] == "overloaded" and response.json()["error"], response.text
+    body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 2}}
+    after = client.post("/v1/generate", params={"task": "flood"}, json=body)
+    assert after.status_code == 200, after.text
+    waiting = _replica_samples(client, "promptswap_num_requests_waiting")
+    assert set(waiting.values()) == {0.0}, waiting
+
+
+def test_a_disconnected_stream_stops_its_generation_on_the_replica(client):
+    """The caller closes a long stream after two events: the replica's engine drops it within a few seconds, and
+    its steps and generated tokens stop growing (nothing else runs meanwhile)."""
+    tokens_before = _replica_samples(client, "promptswap_generation_tokens_total")
+    body = {"inputs": PROMPT, "parameters": {"max_new_tokens": LONG_MAX_NEW_TOKENS}, "stream": True}
+    with client.stream("POST", "/v1/generate", json=body) as response:
+        assert response.status_code == 200
+        replica = response.headers[REPLICA_HEADER]
+        lines = response.iter_lines()  # kept open: closing this iterator (a `break` out of it) closes the connection
+        events: list[dict] = []
+        while len(events) < 2:
+            line = next(lines)
+            if line.startswith("data:"):
+                events.append(json.loads(line.removeprefix("data:")))
+        assert all(isinstance(event["token"]["id"], int) for event in events)
+        running_while_open = _replica_samples(client, "promptswap_num_requests_running")
+        assert running_while_open[replica] == 1, running_while_open
+    closed_at = time.monotonic()  # leaving the block closes the connection mid-stream
+    while (running := _replica_samples(client, "promptswap_num_requests_running"))[replica] != 0:
+        assert time.monotonic() - closed_at < CANCEL_SETTLE_TIMEOUT_S, running
+        time.sleep(0.1)
+    settled_s = time.monotonic() - closed_at
+    steps = _replica_samples(client, "promptswap_batch_size_count")[replica]
+    tokens = _replica_samples(client, "promptswap_generation_tokens_total")[replica] - tokens_before[replica]
+    time.sleep(1.0)
+    assert _replica_samples(client, "promptswap_batch_size_count")[replica] == steps  # the engine is idle
+    later_tokens = _replica_samples(client, "promptswap_generation_tokens_total")[replica] - tokens_before[replica]
+    assert tokens == later_tokens < LONG_MAX_NEW_TOKENS, (tokens, later_tokens)
+    print(f"stream closed after 2 events: replica {replica} idle {settled_s:.2f} s later, {tokens:.0f} tokens counted")
+
+
+def _replica_samples(client: httpx.Client, sample_name: str) -> dict[str, float]:
+    """replica -> the sample's value (summed over its other labels), from the ingress's merged /metrics."""
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            if sample.name == sample_name:
+                replica = sample.labels["replica"]
+                totals[replica] = totals.get(replica, 0.0) + sample.value
+    return totals
 
 
 def _generate_json(client: httpx.Client, task: str) -> str:
