@@ -18,6 +18,7 @@ class MemoryStorage:
         self._manifests: dict[str, TaskManifest] = {}
         self._marks: dict[str, int] = {}  # deleted task -> its highest version
         self._documents: dict[str, bytes] = {}  # name (documents.py) -> its content
+        self.audit_entries: list[bytes] = []  # what a shared store would keep (tests read it)
 
     def scan(self) -> ScanResult:
         highest = self._marks | {task: manifest.latest_version for task, manifest in self._manifests.items()}
@@ -62,6 +63,9 @@ class MemoryStorage:
         self._manifests.pop(task, None)
         for key in [key for key in self._files if key[0] == task]:
             del self._files[key]
+
+    def append_audit(self, entry: bytes) -> None:
+        self.audit_entries.append(entry)
 
     def read_document(self, name: str) -> bytes | None:
         check_document_name(name)

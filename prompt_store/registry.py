@@ -474,6 +474,11 @@ class PromptRegistry:
                 raise ConflictError(f"tenant {tenant!r} still owns {usage.num_tasks} tasks; delete them first")
             self.tenants.delete_tenant(tenant)
 
+    def append_audit(self, entry: bytes) -> None:
+        """An admin request's audit entry into the store, where a shared store keeps every replica's (StorageError
+        if it cannot be written; a store one process holds keeps none)."""
+        self._storage.append_audit(entry)
+
     def stats(self) -> RegistryStats:
         with self._lock:
             return RegistryStats(

@@ -24,6 +24,7 @@ import functools
 import json
 import re
 import threading
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
@@ -132,7 +133,8 @@ class S3Storage:
         root = self._key("")
         manifests: dict[str, str] = {}  # task -> its manifest's ETag, as listed
         documents: dict[str, str] = {}
-        for entry in self._list(root):
+        # The tasks and the documents beside them, not audit/: its entries only grow, and no replica reads them.
+        for entry in self._list(self._key("tasks/")) + self._list(root, top_level_only=True):
             name = entry["Key"][len(root) :]
             match = MANIFEST_KEY.fullmatch(name)
             if match and is_valid_task_name(match[1]):
@@ -165,6 +167,12 @@ class S3Storage:
         return None if found is None else found[0]
 
     # ---- writing -------------------------------------------------------------------------------------------
+    def append_audit(self, entry: bytes) -> None:
+        """One admin request's audit entry as its own object, `audit/<UTC time>-<random>.json`: every replica
+        writes beside the others, nothing is ever rewritten, and the keys list in time order."""
+        name = f"audit/{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:12]}.json"
+        self._put(self._key(name), entry, None, "an audit entry")
+
     def write_document(self, name: str, data: bytes) -> None:
         """Replace the document if nobody changed it since this process read it (StorageConflictError otherwise)."""
         check_document_name(name)
@@ -342,9 +350,13 @@ class S3Storage:
             with contextlib.suppress(StorageError):
                 self._delete(key)
 
-    def _list(self, prefix: str) -> list[dict]:
+    def _list(self, prefix: str, top_level_only: bool = False) -> list[dict]:
+        """Every object below `prefix`, or with `top_level_only` those directly in it (no deeper "folders")."""
+
         def list_all() -> list[dict]:
-            pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.location.bucket, Prefix=prefix)
+            extra = {"Delimiter": "/"} if top_level_only else {}
+            paginator = self._client.get_paginator("list_objects_v2")
+            pages = paginator.paginate(Bucket=self.location.bucket, Prefix=prefix, **extra)
             return [entry for page in pages for entry in page.get("Contents", [])]
 
         return self._request(f"cannot list {self.location.url}", list_all)

@@ -148,6 +148,9 @@ class PromptStorage:
             ) from None
         return checked_version(task, record, config_bytes, model_bytes, "on disk")
 
+    def append_audit(self, entry: bytes) -> None:
+        """Nothing: one process serves this store, and its audit log file (beside the store by default) is it."""
+
     def read_document(self, name: str) -> bytes | None:
         """A whole-file document beside tasks/ (documents.py), or None if it was never written."""
         check_document_name(name)

@@ -48,6 +48,11 @@ class StorageBackend(Protocol):
         """Replace the document as one unit; once this returns, a crash leaves `data` in place."""
         ...
 
+    def append_audit(self, entry: bytes) -> None:
+        """Keep one admin request's audit entry where every replica's go (a shared store); a store one process
+        holds leaves the audit to that process's audit log file (server/http/audit.py)."""
+        ...
+
     def create_task(self, manifest: TaskManifest, config_bytes: bytes, model_bytes: bytes) -> None:
         """A new task appears whole, with its first version (or replaces an entry `scan` skipped as damaged)."""
         ...

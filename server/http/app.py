@@ -64,6 +64,8 @@ def create_app(config: ServerConfig, engine: EngineClient) -> FastAPI:
     app.add_middleware(
         BodySizeLimit, max_body_bytes=config.max_body_bytes, max_inference_body_bytes=config.max_inference_body_bytes
     )
-    app.add_middleware(AuditTrail, audit_log=AuditLog(config.audit_log_path))
+    # With a shared (S3) store every admin request also goes into the store, beside every other replica's.
+    shared_store = (lambda: engine.registry) if config.store.s3 is not None else None
+    app.add_middleware(AuditTrail, audit_log=AuditLog(config.audit_log_path, shared_store))
     app.add_middleware(RequestCounter, metrics=metrics)  # added last: outermost, so it sees every response
     return app

@@ -12,12 +12,18 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from prompt_store.errors import StorageError
 from server.http.middleware import ADMIN_PATH_PREFIX
+
+if TYPE_CHECKING:
+    from prompt_store.registry import PromptRegistry
 
 log = logging.getLogger("promptswap.audit")
 
@@ -40,8 +46,12 @@ _ACTIONS = {
 
 
 class AuditLog:
-    def __init__(self, path: Path):
+    """This process's audit file, and, when the prompt store is shared (S3), an entry in the store too: there every
+    replica's admin requests are kept together, beside the tasks and tenants they changed."""
+
+    def __init__(self, path: Path, shared_store: Callable[[], PromptRegistry | None] | None = None):
         self.path = path
+        self._shared_store = shared_store  # the loaded registry, when its store is shared; else None
         self._lock = threading.Lock()  # one line at a time, whole
 
     def append(self, entry: dict) -> None:
@@ -57,6 +67,12 @@ class AuditLog:
                     os.close(fd)
             except OSError as exc:  # the action itself is done (or refused): failing the response would lie
                 log.error("could not append to the audit log %s: %s; entry: %s", self.path, exc, line.decode())
+        registry = self._shared_store() if self._shared_store is not None else None
+        if registry is not None:
+            try:
+                registry.append_audit(line)
+            except StorageError as exc:
+                log.error("could not store an audit entry in the prompt store: %s; entry: %s", exc, line.decode())
 
 
 class AuditTrail:

@@ -3,6 +3,8 @@ tokens, and a restarted server on the same bucket serves the task again, the sam
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -38,6 +40,13 @@ def test_a_restarted_server_serves_the_bucket_again(tiny_llama_dir, tmp_path, ad
         assert server.stop() == 0, server.log()
     keys = {entry["Key"] for entry in seaweedfs.client().list_objects_v2(Bucket=bucket)["Contents"]}
     assert "prompts/tasks/prefix/manifest.json" in keys and "prompts/tasks/prompt/v1/adapter_model.safetensors" in keys
+    # the admin requests' audit entries are in the bucket too, where every replica's go
+    audit = [key for key in keys if key.startswith("prompts/audit/")]
+    entries = [json.loads(seaweedfs.client().get_object(Bucket=bucket, Key=key)["Body"].read()) for key in audit]
+    assert sorted((e["action"], e["target"]["task"], e["result"]) for e in entries) == [
+        ("prompt.upload", "prefix", 201),
+        ("prompt.upload", "prompt", 201),
+    ]
     assert not (tmp_path / "store").exists()  # nothing went to a local directory
 
     restarted = start_server(tiny_llama_dir, tmp_path, env=s3_env)

@@ -125,6 +125,25 @@ def test_a_document_changed_elsewhere_is_not_overwritten(seaweedfs, s3_bucket, f
     assert files.read(TENANTS_DOCUMENT) == b'{"format": 1, "tenants": [], "keys": [] }'
 
 
+def test_audit_entries_of_every_writer_are_kept_beside_the_tasks_and_change_nothing_replicas_read(
+    seaweedfs, s3_bucket, open_registry, adapters
+):
+    first, second = open_registry(), open_registry()
+    _upload(first, "audited", adapters["llama/prompt_tuning_random"])
+    second.refresh()
+    for registry, n in [(first, 0), (second, 1), (first, 2)]:
+        registry.append_audit(json.dumps({"action": "prompt.upload", "n": n}).encode() + b"\n")
+    listed = seaweedfs.client().list_objects_v2(Bucket=s3_bucket, Prefix="store/audit/")["Contents"]
+    keys = [entry["Key"] for entry in listed]
+    assert keys == sorted(keys) and len(keys) == 3  # time-ordered names, one object each, nobody's lost
+    bodies = [seaweedfs.client().get_object(Bucket=s3_bucket, Key=key)["Body"].read() for key in keys]
+    assert [json.loads(body)["n"] for body in bodies] == [0, 1, 2]
+    scanned = seaweedfs.storage(s3_bucket).scan()
+    assert not scanned.problems and not scanned.leftovers and set(scanned.manifests) == {"audited"}
+    second.refresh()  # audit entries are no change a replica must apply
+    assert not second._storage.changes().tasks and not second._storage.changes().documents
+
+
 # ---- interrupted writes and damage ------------------------------------------------------------------------------
 def test_leftovers_of_writes_that_stopped_before_the_manifest(open_registry, adapters, files):
     adapter = adapters["llama/prompt_tuning_random"]
