@@ -44,11 +44,6 @@ class GrammarMatcher:
         """Take the request's next token; False if the grammar does not allow it (the matcher is then unchanged)."""
         return bool(self._matcher.accept_token(token_id))
 
-    @property
-    def is_terminated(self) -> bool:
-        """The document is complete and an end-of-sequence token was taken."""
-        return bool(self._matcher.is_terminated())
-
 
 class GrammarCompiler:
     """Turns a request's `response_format` into its matcher, on the thread that admits the request. Built on
@@ -112,8 +107,16 @@ def allowed_tokens(bitmask: torch.Tensor, vocab: int, device: torch.device) -> t
     numpy unpacks the bytes in one pass (shifting 32 copies of the words costs ~20× more); on an accelerator the
     small bitmask is sent and unpacked there."""
     if device.type == "cpu":
-        bits = np.unpackbits(bitmask.numpy().view(np.uint8), axis=1, bitorder="little")[:, :vocab]
-        return torch.from_numpy(bits).view(torch.bool)
-    shifts = torch.arange(32, dtype=torch.int32, device=device)
-    words = bitmask.to(device)
+        return unpack_on_host(bitmask, vocab)
+    return unpack_on_device(bitmask.to(device), vocab)
+
+
+def unpack_on_host(bitmask: torch.Tensor, vocab: int) -> torch.Tensor:
+    bits = np.unpackbits(bitmask.numpy().view(np.uint8), axis=1, bitorder="little")[:, :vocab]
+    return torch.from_numpy(bits).view(torch.bool)
+
+
+def unpack_on_device(words: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Every word shifted 32 ways where it lies: cheap on an accelerator, and no host round trip."""
+    shifts = torch.arange(32, dtype=torch.int32, device=words.device)
     return ((words.unsqueeze(-1) >> shifts) & 1).flatten(1)[:, :vocab].bool()
