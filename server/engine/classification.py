@@ -31,31 +31,21 @@ def apply_heads(hidden: torch.Tensor, chunks: Seq[SequenceChunk]) -> list[HeadRo
     """hidden [sum of chunks' num_hidden_rows, hidden] in packing order (chunks without hidden rows skipped) ->
     each classifying chunk's head logits."""
     classifying = [c for c in chunks if c.num_hidden_rows]
-    starts, offset = [], 0
-    for chunk in classifying:
-        starts.append(offset)
-        offset += chunk.num_hidden_rows
-    by_head: dict[int, list[int]] = {}  # id(head) -> indexes into `classifying`
-    heads: dict[int, ClassifierHead] = {}
+    parts = hidden.split([c.num_hidden_rows for c in classifying])  # each chunk's rows
+    groups: dict[int, list[int]] = {}  # id(head) -> indexes into `classifying`: one matmul per head
     for i, chunk in enumerate(classifying):
-        head = _head_of(chunk)
-        by_head.setdefault(id(head), []).append(i)
-        heads[id(head)] = head
-    logits_of: dict[int, list[list[float]]] = {}
-    for key, members in by_head.items():
-        head = heads[key]
-        rows = torch.cat([torch.arange(starts[i], starts[i] + classifying[i].num_hidden_rows) for i in members])
-        group = hidden.index_select(0, rows.to(hidden.device)).float() @ head.weight.T  # [rows, num_labels]
+        groups.setdefault(id(_head_of(chunk)), []).append(i)
+    logits: list[list[tuple[float, ...]]] = [[] for _ in classifying]
+    for members in groups.values():
+        head = _head_of(classifying[members[0]])
+        group = torch.cat([parts[i] for i in members]).float() @ head.weight.T  # [rows, num_labels]
         if head.bias is not None:
             group = group + head.bias
-        values = group.cpu().tolist()  # one host copy per head
-        at = 0
+        values = iter(group.cpu().tolist())  # one host copy per head
         for i in members:
-            n = classifying[i].num_hidden_rows
-            logits_of[i] = values[at : at + n]
-            at += n
+            logits[i] = [tuple(next(values)) for _ in range(classifying[i].num_hidden_rows)]
     return [
-        HeadRows(chunk, chunk.own_len - chunk.num_hidden_rows, [tuple(r) for r in logits_of[i]], _head_of(chunk).labels)
+        HeadRows(chunk, chunk.own_len - chunk.num_hidden_rows, logits[i], _head_of(chunk).labels)
         for i, chunk in enumerate(classifying)
     ]
 
