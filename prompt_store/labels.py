@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 from prompt_store.errors import InvalidPromptError, PromptTooLargeError
+from prompt_store.json_text import loads_strict, show
 
 LABELS_FIELD = "labels"  # the adapter_config.json field, and the upload's multipart part
 MAX_NUM_LABELS = 1024  # rows of a classifier head; one label name each
@@ -29,13 +30,13 @@ def parse_labels(value: object, source: str) -> tuple[str, ...]:
         raise PromptTooLargeError(f"{source} has {len(value)} entries; the limit is {MAX_NUM_LABELS}")
     for index, label in enumerate(value):
         if not isinstance(label, str) or not label:
-            raise InvalidPromptError(f"{source}[{index}] must be a non-empty string, got {_show(label)}")
+            raise InvalidPromptError(f"{source}[{index}] must be a non-empty string, got {show(label)}")
         if len(label) > MAX_LABEL_CHARS:
             raise InvalidPromptError(f"{source}[{index}] is {len(label)} characters; the limit is {MAX_LABEL_CHARS}")
     seen: set[str] = set()
     for label in value:
         if label in seen:
-            raise InvalidPromptError(f"{source} names {_show(label)} twice; label names must be distinct")
+            raise InvalidPromptError(f"{source} names {show(label)} twice; label names must be distinct")
         seen.add(label)
     return tuple(value)
 
@@ -47,23 +48,14 @@ def with_labels(config_bytes: bytes, labels_bytes: bytes) -> bytes:
     """
     source = f"multipart part {LABELS_FIELD!r}"
     try:
-        labels = json.loads(labels_bytes.decode("utf-8"), parse_constant=_refuse_constant)
+        labels = loads_strict(labels_bytes)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InvalidPromptError(f"{source} is not valid JSON (send a list of label names): {str(exc)[:120]}") from None
     parsed = parse_labels(labels, source)
     try:
-        config = json.loads(config_bytes.decode("utf-8"), parse_constant=_refuse_constant)
+        config = loads_strict(config_bytes)
     except (UnicodeDecodeError, ValueError, RecursionError):
         return config_bytes
     if not isinstance(config, dict):
         return config_bytes
     return json.dumps(config | {LABELS_FIELD: list(parsed)}, indent=2).encode()
-
-
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _show(value: object) -> str:
-    text = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
-    return text if len(text) <= 64 else text[:64] + "..."

@@ -18,6 +18,7 @@ import safetensors.torch
 import torch
 
 from prompt_store.errors import InvalidPromptError
+from prompt_store.json_text import refuse_constant
 
 HEADER_LENGTH_BYTES = 8
 MAX_HEADER_BYTES = 1 << 20  # PEFT prompt headers are < 1 KiB; the cap bounds the JSON work an upload can cause
@@ -100,7 +101,7 @@ def _refuse_if_pickled(data: bytes) -> None:
 def _decode_header_json(raw: bytes) -> dict:
     try:
         text = raw.decode("utf-8").rstrip(" ")
-        header = json.loads(text, object_pairs_hook=_refuse_duplicate_keys, parse_constant=_refuse_constant)
+        header = json.loads(text, object_pairs_hook=_refuse_duplicate_keys, parse_constant=refuse_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise _invalid(f"has a header that is not valid JSON: {_short(exc)}") from None
     if not isinstance(header, dict):
@@ -114,10 +115,6 @@ def _refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
         duplicate = next(key for key in keys if keys.count(key) > 1)
         raise ValueError(f"duplicate key {duplicate!r}")
     return dict(pairs)
-
-
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _parse_entry(name: str, value: object) -> TensorEntry:

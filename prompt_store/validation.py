@@ -6,12 +6,12 @@ expected and what was found, so a user can fix the upload without reading our co
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import torch
 
 from prompt_store.errors import InvalidPromptError, PromptTooLargeError
+from prompt_store.json_text import loads_strict, show
 from prompt_store.labels import LABELS_FIELD, parse_labels
 from prompt_store.model_shape import ModelShape
 from prompt_store.spec import PromptKind, TaskKind
@@ -144,7 +144,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 def _load_json_object(config_bytes: bytes) -> dict:
     try:
-        raw = json.loads(config_bytes.decode("utf-8"), parse_constant=_refuse_constant)
+        raw = loads_strict(config_bytes)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InvalidPromptError(f"adapter_config.json is not valid JSON: {str(exc)[:120]}") from None
     if not isinstance(raw, dict):
@@ -152,15 +152,11 @@ def _load_json_object(config_bytes: bytes) -> dict:
     return raw
 
 
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _task_kind(raw: dict) -> TaskKind:
     value = raw.get("task_type")
     if not isinstance(value, str) or value not in SUPPORTED_TASK_TYPES:
         accepted = ", ".join(repr(name) for name in SUPPORTED_TASK_TYPES)
-        raise InvalidPromptError(f"adapter_config.json: task_type must be one of {accepted}, got {_show(value)}")
+        raise InvalidPromptError(f"adapter_config.json: task_type must be one of {accepted}, got {show(value)}")
     return SUPPORTED_TASK_TYPES[value]
 
 
@@ -179,7 +175,7 @@ def _peft_type(raw: dict) -> str:
     value = raw.get("peft_type")
     if not isinstance(value, str) or value not in SUPPORTED_PEFT_TYPES:
         supported = ", ".join(SUPPORTED_PEFT_TYPES)
-        raise InvalidPromptError(f"adapter_config.json: peft_type {_show(value)} is not served; supported: {supported}")
+        raise InvalidPromptError(f"adapter_config.json: peft_type {show(value)} is not served; supported: {supported}")
     return value
 
 
@@ -187,7 +183,7 @@ def _num_virtual_tokens(raw: dict, limits: StoreConfig) -> int:
     value = raw.get("num_virtual_tokens")
     if type(value) is not int or value < 1:
         raise InvalidPromptError(
-            f"adapter_config.json: num_virtual_tokens must be a positive integer, got {_show(value)}"
+            f"adapter_config.json: num_virtual_tokens must be a positive integer, got {show(value)}"
         )
     if value > limits.max_virtual_tokens:
         raise PromptTooLargeError(
@@ -199,7 +195,7 @@ def _num_virtual_tokens(raw: dict, limits: StoreConfig) -> int:
 def _optional_positive_int(raw: dict, field: str) -> int | None:
     value = raw.get(field)
     if value is not None and (type(value) is not int or value < 1):
-        raise InvalidPromptError(f"adapter_config.json: {field} must be a positive integer or null, got {_show(value)}")
+        raise InvalidPromptError(f"adapter_config.json: {field} must be a positive integer or null, got {show(value)}")
     return value
 
 
@@ -208,7 +204,7 @@ def _check_submodules(raw: dict) -> None:
     value = raw.get("num_transformer_submodules")
     if not (value is None or (type(value) is int and value == 1)):
         raise InvalidPromptError(
-            f"adapter_config.json: num_transformer_submodules must be 1 for {raw.get('task_type')}, got {_show(value)}"
+            f"adapter_config.json: num_transformer_submodules must be 1 for {raw.get('task_type')}, got {show(value)}"
         )
 
 
@@ -216,7 +212,7 @@ def _check_no_modules_to_save(raw: dict) -> None:
     value = raw.get("modules_to_save")
     if not (value is None or value == []):
         raise InvalidPromptError(
-            f"adapter_config.json: modules_to_save must be null (the base model is frozen), got {_show(value)}"
+            f"adapter_config.json: modules_to_save must be null (the base model is frozen), got {show(value)}"
         )
 
 
@@ -225,12 +221,12 @@ def _check_head_modules_to_save(raw: dict) -> None:
     if value is None:
         return
     if not isinstance(value, list):
-        raise InvalidPromptError(f"adapter_config.json: modules_to_save must be a list or null, got {_show(value)}")
+        raise InvalidPromptError(f"adapter_config.json: modules_to_save must be a list or null, got {show(value)}")
     others = [name for name in value if not (isinstance(name, str) and name in HEAD_MODULES)]
     if others:
         raise InvalidPromptError(
             f"adapter_config.json: modules_to_save may name only the classifier head ({sorted(HEAD_MODULES)}), "
-            f"got {_show(others[0])} (an adapter that also changes other model weights cannot be served)"
+            f"got {show(others[0])} (an adapter that also changes other model weights cannot be served)"
         )
 
 
@@ -246,8 +242,3 @@ def _check_model_dims(config: AdapterConfig, shape: ModelShape) -> None:
 def _check_equal(field: str, value: int | None, expected: int, meaning: str) -> None:
     if value is not None and value != expected:
         raise InvalidPromptError(f"adapter_config.json: {field} is {value}; expected {expected} ({meaning})")
-
-
-def _show(value: object) -> str:
-    text = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
-    return text if len(text) <= 64 else text[:64] + "..."
