@@ -20,7 +20,6 @@ from peft import (
     PromptTuningConfig,
     get_peft_model,
 )
-from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
 from prompt_store.classifier_head import MAX_NUM_LABELS
 from prompt_store.errors import InvalidPromptError, PromptTooLargeError
@@ -29,12 +28,12 @@ from prompt_store.model_shape import ModelShape
 from prompt_store.peft_format import read_peft_files
 from prompt_store.spec import TaskKind
 from server.config import StoreConfig
+from tests.support.classifiers import MODEL_CLASSES
 from tests.support.tiny_models import TINY_SHAPES, random_gpt2, random_llama
 
 LIMITS = StoreConfig(max_virtual_tokens=64, max_file_bytes=1 << 20, max_config_bytes=1 << 14)
 NUM_LABELS = 3
 NUM_SUBTASKS = 2
-MODEL_CLASSES = {"SEQ_CLS": AutoModelForSequenceClassification, "TOKEN_CLS": AutoModelForTokenClassification}
 CAUSAL_BASES = {"llama": random_llama, "gpt2": random_gpt2}
 TASK_KINDS = {"SEQ_CLS": TaskKind.CLASSIFY_SEQUENCE, "TOKEN_CLS": TaskKind.CLASSIFY_TOKENS}
 
